@@ -1,3 +1,16 @@
 """kerasft: fine-tuning recipes for Gemma-style keras-hub models."""
 
 __version__ = "0.1.0"
+
+from kerasft import recipes  # noqa: E402
+from kerasft.adapters import load_adapter, merge_adapters, save_adapter  # noqa: E402
+from kerasft.callbacks import TrainingCheckpoint  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "recipes",
+    "save_adapter",
+    "load_adapter",
+    "merge_adapters",
+    "TrainingCheckpoint",
+]

@@ -1,0 +1,5 @@
+"""kerasft's Keras layers."""
+
+from kerasft.layers.lora import LoRADense
+
+__all__ = ["LoRADense"]

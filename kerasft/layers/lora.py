@@ -1,0 +1,174 @@
+"""A LoRA adapter that wraps a frozen `Dense` or `EinsumDense` layer."""
+
+import math
+
+import keras
+from keras import ops
+
+from kerasft.layers.einsum_axes import kernel_axes
+
+
+def adapter_dtype_policy(compute_dtype):
+    """Float32 adapter weights, computing in the wrapped layer's dtype.
+
+    Adapter weights stay float32 under `bfloat16` and `float16` compute so that
+    small optimizer updates are not rounded away (PITFALLS #10).
+    """
+    compute_dtype = keras.backend.standardize_dtype(compute_dtype)
+    if compute_dtype == "float32":
+        return keras.DTypePolicy("float32")
+    if compute_dtype in ("bfloat16", "float16"):
+        return keras.DTypePolicy(f"mixed_{compute_dtype}")
+    return keras.DTypePolicy(compute_dtype)
+
+
+def validate_lora_arguments(rank, alpha, dropout):
+    """Raises a `ValueError` naming the first bad LoRA hyper-parameter."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class LoRADense(keras.layers.Layer):
+    """Adds a trainable low-rank update `scale * B(A(dropout(x)))` to a dense layer.
+
+    The wrapped layer keeps its kernel, frozen. `A` maps the kernel's fan-in
+    axes to `rank` and `B` maps `rank` to its fan-out axes, whatever the
+    einsum equation (e.g. Gemma's query `btd,ndh->btnh`: `A` is `(d, rank)`,
+    `B` is `(rank, n, h)`). `B` starts at zero, so the wrapped model's output
+    is unchanged until training moves it.
+
+    Args:
+        layer: a built `keras.layers.Dense` or `keras.layers.EinsumDense` (or a
+            layer with the same `equation`/kernel interface).
+        rank: the rank of the update, a positive integer.
+        alpha: the scaling numerator, a positive number.
+        dropout: dropout rate on the adapter's input, in [0, 1).
+        use_rslora: scale by `alpha / sqrt(rank)` (rank-stabilised LoRA)
+            instead of `alpha / rank`.
+        target_path: the path of the wrapped layer in its model; adapter files
+            key weights by it.
+        **kwargs: base `Layer` arguments (`name`, ...).
+    """
+
+    def __init__(
+        self,
+        layer,
+        rank=8,
+        alpha=16.0,
+        dropout=0.0,
+        use_rslora=False,
+        target_path=None,
+        **kwargs,
+    ):
+        validate_lora_arguments(rank, alpha, dropout)
+        kwargs.setdefault("name", f"{layer.name}_lora")
+        kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.use_rslora = bool(use_rslora)
+        self.target_path = target_path or layer.path
+        self.axes = kernel_axes(layer)
+        self.merged = False
+        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    @property
+    def scale(self):
+        """The factor applied to `B @ A`: alpha/rank, or alpha/sqrt(rank)."""
+        if self.use_rslora:
+            return self.alpha / math.sqrt(self.rank)
+        return self.alpha / self.rank
+
+    def build(self, input_shape=None):
+        axes = self.axes
+        # Uniform in +-1/sqrt(fan_in), the Kaiming-uniform(a=sqrt(5)) init of
+        # the reference LoRA implementations.
+        self.lora_a = self.add_weight(
+            name="lora_a",
+            shape=axes.shape_of(axes.fan_in_letters) + (self.rank,),
+            initializer=keras.initializers.RandomUniform(
+                -1.0 / math.sqrt(axes.fan_in), 1.0 / math.sqrt(axes.fan_in)
+            ),
+        )
+        self.lora_b = self.add_weight(
+            name="lora_b",
+            shape=(self.rank,) + axes.shape_of(axes.fan_out_letters),
+            initializer="zeros",
+        )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        outputs = self.layer(inputs)
+        if self.merged:
+            return outputs
+        hidden = inputs
+        if self.dropout_layer is not None:
+            hidden = self.dropout_layer(hidden, training=training)
+        hidden = ops.einsum(self.axes.down_equation, hidden, self.lora_a)
+        update = ops.einsum(self.axes.up_equation, hidden, self.lora_b)
+        return outputs + ops.cast(self.scale, update.dtype) * update
+
+    def delta_kernel(self):
+        """`scale * A @ B` in the wrapped kernel's shape, in float32."""
+        a = ops.cast(self.lora_a, "float32")
+        b = ops.cast(self.lora_b, "float32")
+        return self.scale * ops.einsum(self.axes.delta_equation, a, b)
+
+    def merge(self):
+        """Folds the update into the wrapped kernel. A no-op if already merged.
+
+        Returns:
+            True if the kernel changed, False if it was already merged.
+        """
+        if self.merged:
+            return False
+        self._add_to_kernel(self.delta_kernel())
+        self.merged = True
+        return True
+
+    def unmerge(self):
+        """Takes a merged update back out of the kernel. A no-op if not merged."""
+        if not self.merged:
+            return False
+        self._add_to_kernel(-self.delta_kernel())
+        self.merged = False
+        return True
+
+    def _add_to_kernel(self, delta):
+        layer = self.layer
+        if hasattr(layer, "requantize"):
+            layer.requantize(ops.cast(layer.dequantized_kernel(), "float32") + delta)
+            return
+        kernel = layer._kernel
+        summed = ops.cast(kernel, "float32") + delta
+        kernel.assign(ops.cast(summed, kernel.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "layer": keras.saving.serialize_keras_object(self.layer),
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "dropout": self.dropout,
+                "use_rslora": self.use_rslora,
+                "target_path": self.target_path,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

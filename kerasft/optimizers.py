@@ -1,0 +1,82 @@
+"""The optimizer and learning-rate schedule recipes compile with."""
+
+import keras
+
+# Substrings of variable names that get no weight decay: RMSNorm scales,
+# biases and embedding tables (decaying them hurts and is not what AdamW
+# papers or the reference trainers do).
+NO_DECAY_NAMES = ("scale", "bias", "embeddings", "gamma", "beta")
+
+
+def warmup_cosine_schedule(learning_rate, total_steps, warmup_steps=None, final_fraction=0.0):
+    """Linear warm-up to `learning_rate`, then cosine decay to `final_fraction` of it.
+
+    Args:
+        learning_rate: the peak learning rate.
+        total_steps: optimizer steps in the whole run (after gradient
+            accumulation).
+        warmup_steps: steps of linear warm-up; default 5% of `total_steps`.
+        final_fraction: the learning rate at the end, as a fraction of the peak.
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay`.
+    """
+    if not isinstance(total_steps, int) or total_steps <= 0:
+        raise ValueError(
+            f"`total_steps` must be a positive integer. Received: total_steps={total_steps!r}"
+        )
+    if warmup_steps is None:
+        warmup_steps = max(1, round(0.05 * total_steps)) if total_steps > 1 else 0
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(
+            "`warmup_steps` must be in [0, total_steps). Received: "
+            f"warmup_steps={warmup_steps!r} with total_steps={total_steps}"
+        )
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=total_steps - warmup_steps,
+        alpha=final_fraction,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def adamw(
+    learning_rate=2e-4,
+    total_steps=None,
+    warmup_steps=None,
+    weight_decay=0.01,
+    gradient_accumulation_steps=1,
+    clipnorm=1.0,
+    **kwargs,
+):
+    """AdamW with decay off for norms, biases and embeddings.
+
+    Args:
+        learning_rate: peak learning rate (a float), or a schedule.
+        total_steps: if given, warm-up then cosine decay over this many
+            optimizer steps; otherwise the learning rate is constant.
+        warmup_steps: warm-up steps (default 5% of `total_steps`).
+        weight_decay: decoupled weight decay.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        clipnorm: clip each gradient to this norm (`None` to disable).
+        **kwargs: more `keras.optimizers.AdamW` arguments.
+    """
+    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+        raise ValueError(
+            "`gradient_accumulation_steps` must be an integer >= 1. Received: "
+            f"gradient_accumulation_steps={gradient_accumulation_steps!r}"
+        )
+    if total_steps is not None and isinstance(learning_rate, (int, float)):
+        learning_rate = warmup_cosine_schedule(learning_rate, total_steps, warmup_steps)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        gradient_accumulation_steps=(
+            gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
+        ),
+        **kwargs,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    return optimizer

@@ -1,0 +1,157 @@
+"""Finding the layers a recipe changes, and swapping them inside a model.
+
+A target is one of:
+- a layer name, matched against the last component of `layer.path`
+  (`"query"` matches `decoder_block_3/attention/query`);
+- a glob on `layer.path` (`"decoder_block_1*/attention/value"`), recognised by
+  a `/` or a glob character;
+- a shortcut: `"attention"`, `"mlp"` or `"all-linear"`.
+"""
+
+import fnmatch
+
+import keras
+
+ATTENTION_NAMES = ("query", "key", "value", "attention_output")
+MLP_NAMES = ("ffw_gating", "ffw_gating_2", "ffw_linear")
+SHORTCUTS = {
+    "attention": ATTENTION_NAMES,
+    "mlp": MLP_NAMES,
+    "all-linear": None,  # every dense-like layer
+}
+_GLOB_CHARACTERS = set("*?[")
+
+
+def is_dense_like(layer):
+    """Whether a layer has a kernel an adapter can wrap or quantize."""
+    if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+        return True
+    return hasattr(layer, "equation") and hasattr(layer, "dequantized_kernel")
+
+
+def normalize_targets(targets):
+    """Returns targets as a tuple of strings; one string is one target."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(
+            "`targets` must be a non-empty list of layer names, path globs or "
+            f"shortcuts {sorted(SHORTCUTS)}. Received: targets={targets!r}"
+        )
+    return targets
+
+
+def path_matches(path, target):
+    """Whether `path` is selected by one target (name, glob or shortcut)."""
+    name = path.rsplit("/", 1)[-1]
+    if target in SHORTCUTS:
+        names = SHORTCUTS[target]
+        return names is None or name in names
+    if "/" in target or _GLOB_CHARACTERS & set(target):
+        return fnmatch.fnmatchcase(path, target)
+    return name == target
+
+
+def iter_layers(model):
+    """Every layer under `model` (itself excluded), depth first, each once."""
+    return model._flatten_layers(include_self=False)
+
+
+def dense_layers(model):
+    """`{path: layer}` for every dense-like layer in the model, adapters skipped."""
+    from kerasft.layers.lora import LoRADense
+
+    wrapped_inner = {
+        id(layer.layer) for layer in iter_layers(model) if isinstance(layer, LoRADense)
+    }
+    return {
+        layer.path: layer
+        for layer in iter_layers(model)
+        if is_dense_like(layer) and layer.path and id(layer) not in wrapped_inner
+    }
+
+
+def find_target_layers(model, targets):
+    """Selects dense-like layers by target.
+
+    Args:
+        model: a Keras model, e.g. a keras-hub `CausalLM`.
+        targets: names, path globs or shortcuts.
+
+    Returns:
+        A dict `{path: layer}` in model order.
+
+    Raises:
+        ValueError: if no layer matches, naming the targets and listing the
+            dense layer paths that exist.
+    """
+    targets = normalize_targets(targets)
+    candidates = dense_layers(model)
+    selected = {
+        path: layer
+        for path, layer in candidates.items()
+        if any(path_matches(path, t) for t in targets)
+    }
+    if not selected:
+        raise ValueError(
+            f"No layer matches `targets`. Received: targets={list(targets)!r}. "
+            f"Dense layer paths in this model: {sorted(candidates)}"
+        )
+    return selected
+
+
+def find_parent(model, layer):
+    """Returns `(parent, attribute_name)` holding `layer` as an attribute."""
+    for parent in model._flatten_layers(include_self=True):
+        # The torch backend keeps sub-layers in `nn.Module._modules`.
+        attributes = {**vars(parent), **vars(parent).get("_modules", {})}
+        for name, value in attributes.items():
+            if value is layer and not name.startswith("_"):
+                return parent, name
+    raise ValueError(
+        f"Cannot find the attribute that holds layer {layer.path!r}, so it "
+        "cannot be replaced. Received: a layer that no parent layer stores as "
+        "a public attribute."
+    )
+
+
+def replace_layer(model, old, new):
+    """Puts `new` where `old` was inside `model`, keeping tracking order."""
+    parent, name = find_parent(model, old)
+    tracked = parent._layers
+    index = next(i for i, layer in enumerate(tracked) if layer is old)
+    tracker = parent._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.untrack(old)
+        setattr(parent, name, new)
+    finally:
+        if was_locked:
+            tracker.lock()
+    # `setattr` tracked `new` by appending it; move it to `old`'s slot so
+    # variable order (and so optimizer and checkpoint order) stays stable.
+    for i in reversed(range(len(tracked))):
+        if tracked[i] is new:
+            del tracked[i]
+    tracked.insert(index, new)
+    return parent
+
+
+def refresh_after_surgery(model):
+    """Resets cached train/predict/generate functions and torch parameter lists.
+
+    Compiled functions capture the variable list they were traced with, and the
+    torch backend keeps a `ParameterDict` per layer built at build time; both
+    are stale once layers are swapped.
+    """
+    for attr in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if hasattr(model, "generate_function"):
+        model.generate_function = None
+    if keras.backend.backend() == "torch":
+        for layer in model._flatten_layers(include_self=True):
+            if hasattr(layer, "_torch_params"):
+                layer._track_variables()
