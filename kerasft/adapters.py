@@ -57,7 +57,8 @@ def _trained_tensors(model):
 
 
 def _to_numpy(variable):
-    return np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+    # Not np.ascontiguousarray: it turns 0-d scalars (step counters) into (1,).
+    return np.array(keras.ops.convert_to_numpy(variable), order="C", copy=True)
 
 
 def _atomic_write(path, write):

@@ -31,7 +31,8 @@ def _checkpoint_variables(model):
     for i, variable in enumerate(_rng_state_variables(model)):
         variables[f"rng/{i}/{variable.path}"] = variable
     for i, variable in enumerate(model.optimizer.variables):
-        variables[f"optimizer/{i}/{variable.path}"] = variable
+        # Drop the optimizer's own name (`adam_w_3/...`), which differs per instance.
+        variables[f"optimizer/{i}/{variable.path.partition('/')[2]}"] = variable
     return variables
 
 

@@ -36,7 +36,7 @@ def validate_lora_arguments(rank, alpha, dropout):
 class LoRADense(keras.layers.Layer):
     """Adds a trainable low-rank update `scale * B(A(dropout(x)))` to a dense layer.
 
-    The wrapped layer keeps its kernel, frozen. `A` maps the kernel's fan-in
+    The wrapped layer keeps its kernel and is frozen (`trainable=False`). `A` maps the kernel's fan-in
     axes to `rank` and `B` maps `rank` to its fan-out axes, whatever the
     einsum equation (e.g. Gemma's query `btd,ndh->btnh`: `A` is `(d, rank)`,
     `B` is `(rank, n, h)`). `B` starts at zero, so the wrapped model's output
@@ -69,6 +69,7 @@ class LoRADense(keras.layers.Layer):
         kwargs.setdefault("name", f"{layer.name}_lora")
         kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
         super().__init__(**kwargs)
+        layer.trainable = False
         self.layer = layer
         self.rank = rank
         self.alpha = float(alpha)
