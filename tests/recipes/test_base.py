@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from kerasft import testing
+from kerasft.recipes import Freeze, LoRA, recipe_from_config, recipe_from_file
+
+
+def test_config_round_trip_for_every_recipe():
+    for recipe in (LoRA(rank=4, alpha=8, targets=["mlp"], use_rslora=True), Freeze([-1, "x"])):
+        rebuilt = recipe_from_config(recipe.get_config())
+        assert type(rebuilt) is type(recipe)
+        assert rebuilt.get_config() == recipe.get_config()
+
+
+def test_from_yaml_and_json_files(tmp_path):
+    yaml_file = tmp_path / "lora.yaml"
+    yaml_file.write_text(
+        "recipe:\n  method: lora\n  rank: 4\n  alpha: 32\n  targets: [query, value]\n"
+        "training:\n  learning_rate: 0.001\n"
+    )
+    recipe = recipe_from_file(yaml_file)
+    assert isinstance(recipe, LoRA) and (recipe.rank, recipe.alpha) == (4, 32)
+    json_file = tmp_path / "lora.json"
+    json_file.write_text(json.dumps({"method": "lora", "rank": 2, "dropout": 0.1}))
+    assert LoRA.from_file(json_file).get_config()["dropout"] == 0.1
+
+
+def test_from_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        recipe_from_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"method": "sorcery"}))
+    with pytest.raises(ValueError, match="method='sorcery'"):
+        recipe_from_file(bad)
+    freeze = tmp_path / "freeze.json"
+    freeze.write_text(json.dumps({"method": "freeze"}))
+    with pytest.raises(ValueError, match="method='freeze'"):
+        LoRA.from_file(freeze)
+
+
+def test_compile_sets_the_documented_training_setup():
+    model = testing.tiny_causal_lm("gemma")
+    recipe = LoRA()
+    recipe.apply(model)
+    recipe.compile(model, learning_rate=3e-4, total_steps=100, gradient_accumulation_steps=2)
+    optimizer = model.optimizer
+    assert type(optimizer).__name__ == "AdamW"
+    assert optimizer.gradient_accumulation_steps == 2
+    assert optimizer.clipnorm == 1.0
+    assert float(optimizer.learning_rate) == 0.0  # warm-up starts at zero
+    assert model.loss.from_logits
