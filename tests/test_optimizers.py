@@ -29,7 +29,8 @@ def test_no_weight_decay_on_norm_scales_and_embeddings():
     scale = keras.Variable(np.ones((2,), "float32"), name="scale")
     embeddings = keras.Variable(np.ones((3, 2), "float32"), name="embeddings")
     variables = [kernel, scale, embeddings]
-    optimizer.apply_gradients(zip([np.zeros(v.shape, "float32") for v in variables], variables))
+    grads = [keras.ops.convert_to_tensor(np.zeros(v.shape, "float32")) for v in variables]
+    optimizer.apply_gradients(zip(grads, variables))
     # Zero gradients: only weight decay can move a weight.
     assert float(keras.ops.convert_to_numpy(kernel).max()) == pytest.approx(1 - 0.1 * 0.5)
     assert float(keras.ops.convert_to_numpy(scale).max()) == 1.0
