@@ -1,0 +1,45 @@
+"""Records to training batches for keras-hub Gemma causal LMs.
+
+A batch is `(x, y, sample_weight)` of numpy arrays:
+`x = {"token_ids": int32 [B, T], "padding_mask": bool [B, T]}`, `y` int32
+[B, T] (the next token at each position) and `sample_weight` float32 [B, T]
+(1 where `y` is trained on). See `kerasft.data.batches`.
+
+- Templates: `GemmaTurnTemplate`, `InstructionTemplate`, `get_template`.
+- Batches: `instruction_batches`, `instruction_arrays`, `packed_text_batches`
+  (all return a `keras.utils.PyDataset`, `SequenceBatches`).
+- Loaders: `read_jsonl`, `read_csv`, `read_tf_dataset`, `read_tfds`,
+  `load_records`.
+- Splits: `train_validation_split`.
+- Shipped data: `load_wordnet`, `load_shakespeare`; the TFDS builder
+  `kerasft_wordnet` is registered by `import kerasft.data.tfds_wordnet`.
+- Tests: `kerasft.data.testing_tokenizer.tiny_gemma_tokenizer`.
+"""
+
+from kerasft.data.batches import (
+    SequenceBatches,
+    instruction_arrays,
+    instruction_batches,
+    packed_text_batches,
+    rows_to_arrays,
+)
+from kerasft.data.datasets import data_dir, load_shakespeare, load_wordnet
+from kerasft.data.encoding import encode_instruction_examples, tokenize_texts
+from kerasft.data.loaders import (
+    load_records,
+    read_csv,
+    read_jsonl,
+    read_tf_dataset,
+    read_tfds,
+    write_jsonl,
+)
+from kerasft.data.packing import pack_examples, pack_token_stream, pad_examples
+from kerasft.data.splits import train_validation_split
+from kerasft.data.templates import (
+    GemmaTurnTemplate,
+    InstructionTemplate,
+    PromptTemplate,
+    get_template,
+    list_templates,
+    register_template,
+)

@@ -1,0 +1,373 @@
+"""Training batches for keras-hub causal LMs, as a `keras.utils.PyDataset`.
+
+Every batch is the project-wide tuple `(x, y, sample_weight)` of numpy arrays:
+
+- `x = {"token_ids": int32 [B, T], "padding_mask": bool [B, T]}`;
+- `y`: int32 [B, T], the next token at every position: `y[:, t]` is the
+  token after `token_ids[:, t]` (so `y[:, :-1] == token_ids[:, 1:]`, and
+  `y[:, -1]` is the token after the window, the pad id 0 when the sequence
+  ended inside it);
+- `sample_weight`: float32 [B, T], 1.0 where `y` is a token to train on
+  (response tokens and EOS for instruction data, every real token for raw
+  text), 0.0 elsewhere (prompt, padding).
+
+This matches `keras_hub.models.Gemma3CausalLMPreprocessor`, which also packs
+`T + 1` tokens and shifts, except that prompt tokens get weight 0.
+
+Batches are served from numpy arrays held in memory through a
+`keras.utils.PyDataset` rather than `tf.data` (on a 2-core machine Keras's
+tf.data adapter was seen to sit idle ~60 s after the last batch of a `fit`).
+"""
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerasft.data.encoding import (
+    encode_instruction_examples,
+    special_token_ids,
+    tokenize_texts,
+)
+from kerasft.data.loaders import get_field, load_records
+from kerasft.data.packing import pack_examples, pack_token_stream, pad_examples
+
+
+def _check_sequence_length(sequence_length):
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, (int, np.integer))
+        or sequence_length < 1
+    ):
+        raise ValueError(
+            "`sequence_length` must be a positive integer. Received: "
+            f"sequence_length={sequence_length!r}"
+        )
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+        )
+
+
+def rows_to_arrays(ids: np.ndarray, target_weights: np.ndarray, lengths: np.ndarray):
+    """Turns rows of `T + 1` tokens into `(x, y, sample_weight)` arrays.
+
+    Args:
+        ids: int [N, T + 1] token ids, padded.
+        target_weights: float [N, T + 1], whether each token is a target.
+        lengths: int [N], number of real tokens per row.
+
+    Returns:
+        `(x, y, sample_weight)` with `x = {"token_ids", "padding_mask"}`, all
+        `[N, T]`.
+    """
+    ids = np.asarray(ids, dtype="int32")
+    sequence_length = ids.shape[1] - 1
+    padding_mask = np.arange(sequence_length)[None, :] < np.asarray(lengths)[:, None]
+    x = {"token_ids": np.ascontiguousarray(ids[:, :-1]), "padding_mask": padding_mask}
+    y = np.ascontiguousarray(ids[:, 1:])
+    sample_weight = np.ascontiguousarray(np.asarray(target_weights, "float32")[:, 1:])
+    return x, y, sample_weight
+
+
+class SequenceBatches(keras.utils.PyDataset):
+    """Fixed-length `(x, y, sample_weight)` batches from in-memory rows.
+
+    Shuffling is deterministic: epoch `e` uses the permutation drawn from
+    `numpy.random.default_rng([seed, e])`. The epoch counter starts at 0 and
+    advances in `on_epoch_end()` (Keras calls it after every epoch of `fit`),
+    or can be set with `set_epoch`.
+
+    `len(batches)` is the number of batches per epoch. Train with Keras's
+    own `fit`: `keras.Model.fit(causal_lm, batches, epochs=...)`. (keras-hub
+    0.32's `CausalLM.fit` override accepts only arrays, `tf.data` or grain
+    datasets: it slices anything else with `tf.data.Dataset.from_tensor_slices`
+    and fails on a PyDataset. The batches are already preprocessed, so no
+    keras-hub preprocessor must run on them anyway.) A plain `keras.Model`
+    taking the same inputs can call `model.fit(batches)` directly.
+
+    Args:
+        ids: int [N, T + 1] token ids (see `kerasft.data.packing`).
+        target_weights: float [N, T + 1], whether each token is a target.
+        lengths: int [N], real tokens per row.
+        batch_size: Rows per batch.
+        shuffle: Whether to shuffle rows (differently each epoch).
+        seed: Shuffling seed.
+        drop_remainder: Whether to drop the last batch if it is smaller than
+            `batch_size`.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
+            `keras.utils.PyDataset`.
+    """
+
+    def __init__(
+        self,
+        ids,
+        target_weights,
+        lengths,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_batch_size(batch_size)
+        self._x, self._y, self._sample_weight = rows_to_arrays(ids, target_weights, lengths)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_remainder = bool(drop_remainder)
+        num_examples = len(self._y)
+        if drop_remainder and num_examples < self.batch_size:
+            raise ValueError(
+                f"drop_remainder=True leaves no batch: {num_examples} examples "
+                f"are fewer than batch_size={batch_size}."
+            )
+        self.epoch = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch):
+        n = len(self._y)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    @property
+    def sequence_length(self) -> int:
+        """The model input length `T`."""
+        return self._y.shape[1]
+
+    @property
+    def num_examples(self) -> int:
+        """Number of rows (examples, or packed sequences)."""
+        return len(self._y)
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Number of positions with sample weight 1 in one epoch."""
+        return int(self._sample_weight[self._order[: len(self) * self.batch_size]].sum())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch whose shuffling order the batches follow."""
+        self.epoch = int(epoch)
+        self._order = self._permutation(self.epoch)
+
+    def on_epoch_end(self):
+        """Advances to the next epoch's shuffling order."""
+        self.set_epoch(self.epoch + 1)
+
+    def __len__(self) -> int:
+        if self.drop_remainder:
+            return self.num_examples // self.batch_size
+        return -(-self.num_examples // self.batch_size)
+
+    def __getitem__(self, index):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(
+                f"Batch index out of range for {len(self)} batches. Received: index={index}"
+            )
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        x = {key: value[rows] for key, value in self._x.items()}
+        return x, self._y[rows], self._sample_weight[rows]
+
+    def as_arrays(self):
+        """All rows as one `(x, y, sample_weight)` tuple, in their stored order.
+
+        The stored order is the input order (or packing order), unaffected by
+        shuffling.
+        """
+        x = {key: value.copy() for key, value in self._x.items()}
+        return x, self._y.copy(), self._sample_weight.copy()
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(num_examples={self.num_examples}, "
+            f"sequence_length={self.sequence_length}, batch_size={self.batch_size}, "
+            f"num_batches={len(self)}, shuffle={self.shuffle}, seed={self.seed})"
+        )
+
+
+def instruction_batches(
+    records: Any,
+    tokenizer,
+    template="gemma",
+    sequence_length: int = 256,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    seed: int = 0,
+    truncate: str = "error",
+    pack: bool = False,
+    drop_remainder: bool = False,
+    prompt_key: str = "prompt",
+    response_key: str = "response",
+    split: str = "train",
+    **kwargs,
+) -> SequenceBatches:
+    """Batches of (prompt, response) records, with loss on the response only.
+
+    Each example is `[BOS] + prompt tokens + response tokens + [EOS]` (the
+    template decides the prompt and response text). Sample weights are 0 for
+    prompt positions and padding, 1 where the label is a response token or
+    EOS.
+
+    Args:
+        records: A list of dicts, a `.jsonl[.gz]`/`.csv[.gz]` path, a
+            `tf.data.Dataset` of dicts, a TFDS builder or a registered TFDS
+            name (see `kerasft.data.load_records`).
+        tokenizer: A keras-hub tokenizer (e.g. `Gemma3Tokenizer`).
+        template: `"gemma"`, `"instruction"` or a `PromptTemplate`.
+        sequence_length: Model input length `T`; an example may hold up to
+            `T + 1` tokens including BOS and EOS.
+        batch_size: Rows per batch.
+        shuffle: Shuffle rows, with a different permutation each epoch.
+        seed: Shuffling seed (also orders examples before packing).
+        truncate: `"error"` (default) raises on an example longer than
+            `T + 1` tokens, naming the record; `"response"` truncates its
+            response and drops its EOS.
+        pack: Place several examples in one row (see
+            `kerasft.data.packing.pack_examples`; attention then crosses
+            example boundaries, loss masks do not).
+        drop_remainder: Drop the last, smaller batch.
+        prompt_key: Record field holding the prompt.
+        response_key: Record field holding the response.
+        split: Split to read when `records` is a TFDS source.
+        **kwargs: Passed to `keras.utils.PyDataset` (`workers`, ...).
+
+    Returns:
+        A `SequenceBatches` PyDataset yielding `(x, y, sample_weight)`.
+
+    Raises:
+        ValueError: For empty data, an unknown template or truncate mode, or
+            a sequence that does not fit.
+        KeyError: If a record lacks `prompt_key` or `response_key`.
+    """
+    _check_sequence_length(sequence_length)
+    _check_batch_size(batch_size)
+    records = load_records(records, split=split)
+    examples = encode_instruction_examples(
+        records,
+        tokenizer,
+        template=template,
+        sequence_length=sequence_length,
+        truncate=truncate,
+        prompt_key=prompt_key,
+        response_key=response_key,
+    )
+    _, _, pad_id = special_token_ids(tokenizer)
+    if pack:
+        if shuffle:
+            order = np.random.default_rng([seed, 2**31 - 1]).permutation(len(examples))
+            examples = [examples[i] for i in order]
+        rows = pack_examples(examples, sequence_length, pad_id)
+    else:
+        rows = pad_examples(examples, sequence_length, pad_id)
+    return SequenceBatches(
+        *rows,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        **kwargs,
+    )
+
+
+def instruction_arrays(records: Any, tokenizer, **kwargs):
+    """All examples of `instruction_batches` as one `(x, y, sample_weight)`.
+
+    Rows are in record order (packing order if `pack=True`).
+
+    Args:
+        records: As in `instruction_batches`.
+        tokenizer: A keras-hub tokenizer.
+        **kwargs: Any other `instruction_batches` argument.
+
+    Returns:
+        `(x, y, sample_weight)` numpy arrays with a leading dimension of the
+        number of rows.
+    """
+    kwargs.setdefault("batch_size", 1)
+    return instruction_batches(records, tokenizer, **kwargs).as_arrays()
+
+
+def packed_text_batches(
+    texts: Any,
+    tokenizer,
+    sequence_length: int = 256,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    seed: int = 0,
+    remainder: str = "pad",
+    drop_remainder: bool = False,
+    add_bos: bool = True,
+    add_eos: bool = True,
+    text_key: str = "text",
+    **kwargs,
+) -> SequenceBatches:
+    """Batches of raw text for continued pre-training, packed into full rows.
+
+    Each document becomes `[BOS] + tokens + [EOS]`; documents are
+    concatenated in order and cut into consecutive, non-overlapping rows of
+    `T + 1` tokens, so every token appears exactly once. Sample weight is 1
+    for every real token. The last `len(stream) % (T + 1)` tokens form a
+    final row padded with the pad id (`remainder="pad"`, padding weight 0) or
+    are dropped (`remainder="drop"`). The first token of each row is an input
+    only. A row may span several documents and the causal mask lets a token
+    attend to the previous document in its row; BOS/EOS mark the boundary.
+
+    Args:
+        texts: A list of strings, or any `load_records` source of dicts with
+            a `text_key` field.
+        tokenizer: A keras-hub tokenizer.
+        sequence_length: Model input length `T`.
+        batch_size: Rows per batch.
+        shuffle: Shuffle rows, differently each epoch.
+        seed: Shuffling seed.
+        remainder: `"pad"` or `"drop"` for the tokens that do not fill a row.
+        drop_remainder: Drop the last, smaller batch.
+        add_bos: Start each document with `tokenizer.start_token_id`.
+        add_eos: End each document with `tokenizer.end_token_id`.
+        text_key: Field holding the text when `texts` holds dicts.
+        **kwargs: Passed to `keras.utils.PyDataset`.
+
+    Returns:
+        A `SequenceBatches` PyDataset yielding `(x, y, sample_weight)`.
+
+    Raises:
+        ValueError: For empty data, or text too short for one row with
+            `remainder="drop"`.
+    """
+    _check_sequence_length(sequence_length)
+    _check_batch_size(batch_size)
+    if isinstance(texts, str):
+        raise ValueError(
+            "`texts` must be a list of documents, not a single string. "
+            f"Received: texts={texts[:80]!r}..."
+        )
+    if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
+        documents = list(texts)
+    else:
+        records = load_records(texts)
+        documents = [get_field(r, text_key, i) for i, r in enumerate(records)]
+    if not documents:
+        raise ValueError("No documents to pack. Received: texts with 0 elements")
+    bos_id, eos_id, pad_id = special_token_ids(tokenizer)
+    prefix = [bos_id] if add_bos else []
+    suffix = [eos_id] if add_eos else []
+    token_docs = [
+        np.concatenate([prefix, ids, suffix]).astype("int32")
+        for ids in tokenize_texts(tokenizer, documents, chunk_size=64)
+    ]
+    rows = pack_token_stream(token_docs, sequence_length, pad_id, remainder)
+    return SequenceBatches(
+        *rows,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        **kwargs,
+    )

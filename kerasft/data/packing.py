@@ -1,0 +1,171 @@
+"""Packing token sequences into fixed-length rows.
+
+A *row* holds `sequence_length + 1` token ids: the model reads its first
+`sequence_length` tokens and is trained to predict its last `sequence_length`.
+Rows are returned as three arrays: `ids` [N, T + 1] (int32, padded with the
+pad id), `target_weights` [N, T + 1] (float32, whether each token is a
+training target) and `lengths` [N] (number of real tokens in the row).
+
+Two packers:
+
+- `pack_token_stream` (raw text, continued pre-training): documents are
+  concatenated into one stream and cut into consecutive rows, so every token
+  lands in exactly one row.
+- `pack_examples` (instruction data, `pack=True`): whole examples are placed
+  into rows (best fit), never split, with their loss masks kept.
+
+Attention is NOT isolated between the examples or documents that share a row:
+keras-hub Gemma models use a plain causal mask over the whole row, so a token
+can attend to earlier examples in its row. Loss masks stay exact (an example's
+BOS is never a target in instruction packing), but the context seen by the
+model differs from training the examples one per row. Positions also keep
+counting across example boundaries.
+"""
+
+import bisect
+from typing import Sequence
+
+import numpy as np
+
+REMAINDER_MODES = ("pad", "drop")
+
+
+def pad_examples(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]], sequence_length: int, pad_id: int = 0
+):
+    """Places one example per row, padded at the end.
+
+    Args:
+        examples: `(ids, target_weights)` pairs of at most
+            `sequence_length + 1` tokens each.
+        sequence_length: The model input length `T`.
+        pad_id: Token id used for padding.
+
+    Returns:
+        `(ids, target_weights, lengths)` arrays (see module docstring).
+    """
+    return _fill_rows([[i] for i in range(len(examples))], examples, sequence_length, pad_id)
+
+
+def _fill_rows(rows, examples, sequence_length, pad_id):
+    width = sequence_length + 1
+    ids = np.full((len(rows), width), pad_id, dtype="int32")
+    weights = np.zeros((len(rows), width), dtype="float32")
+    lengths = np.zeros((len(rows),), dtype="int32")
+    for row, members in enumerate(rows):
+        position = 0
+        for member in members:
+            example_ids, example_weights = examples[member]
+            end = position + len(example_ids)
+            if end > width:
+                raise ValueError(
+                    f"Example {member} has {len(example_ids)} tokens, more than "
+                    f"sequence_length + 1 = {width}. Received: sequence_length={sequence_length}"
+                )
+            ids[row, position:end] = example_ids
+            weights[row, position:end] = example_weights
+            position = end
+        lengths[row] = position
+    return ids, weights, lengths
+
+
+def pack_examples(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]], sequence_length: int, pad_id: int = 0
+):
+    """Packs several examples per row (best fit, examples never split).
+
+    Each example goes to the open row with the least free space that still
+    holds it, or to a new row. Within a row, examples keep their input order.
+    The result is deterministic for a given input order.
+
+    Args:
+        examples: `(ids, target_weights)` pairs of at most
+            `sequence_length + 1` tokens each.
+        sequence_length: The model input length `T`.
+        pad_id: Token id used for padding the end of each row.
+
+    Returns:
+        `(ids, target_weights, lengths)` arrays (see module docstring).
+    """
+    width = sequence_length + 1
+    rows: list[list[int]] = []
+    # Sorted (free_space, row) pairs of rows that still have room.
+    free: list[tuple[int, int]] = []
+    for index, (example_ids, _) in enumerate(examples):
+        size = len(example_ids)
+        if size > width:
+            raise ValueError(
+                f"Example {index} has {size} tokens, more than sequence_length + 1 "
+                f"= {width}. Received: sequence_length={sequence_length}"
+            )
+        slot = bisect.bisect_left(free, (size, -1))
+        if slot < len(free):
+            space, row = free.pop(slot)
+            rows[row].append(index)
+            space -= size
+        else:
+            row = len(rows)
+            rows.append([index])
+            space = width - size
+        if space > 0:
+            bisect.insort(free, (space, row))
+    return _fill_rows(rows, examples, sequence_length, pad_id)
+
+
+def pack_token_stream(
+    documents: Sequence[np.ndarray],
+    sequence_length: int,
+    pad_id: int = 0,
+    remainder: str = "pad",
+):
+    """Concatenates documents and cuts the stream into rows of `T + 1` tokens.
+
+    Rows do not overlap: concatenating all rows (without their padding) gives
+    back the stream, so every token appears exactly once. The first token of
+    each row is only an input, never a label.
+
+    Args:
+        documents: 1-D int arrays, e.g. `[BOS] + tokens + [EOS]` per document.
+        sequence_length: The model input length `T`.
+        pad_id: Token id for padding the last row.
+        remainder: What to do with the last `len(stream) % (T + 1)` tokens:
+            `"pad"` keeps them in a final row padded with `pad_id` (padding has
+            target weight 0); `"drop"` discards them.
+
+    Returns:
+        `(ids, target_weights, lengths)` arrays; target weight is 1 for every
+        real token.
+
+    Raises:
+        ValueError: If `remainder` is unknown, or no row can be formed.
+    """
+    if remainder not in REMAINDER_MODES:
+        raise ValueError(
+            f"`remainder` must be one of {REMAINDER_MODES}. Received: remainder={remainder!r}"
+        )
+    width = sequence_length + 1
+    stream = (
+        np.concatenate([np.asarray(d, dtype="int32").reshape(-1) for d in documents])
+        if len(documents)
+        else np.zeros((0,), "int32")
+    )
+    num_full, leftover = divmod(len(stream), width)
+    if remainder == "drop" or leftover == 0:
+        num_rows, leftover = num_full, 0
+    else:
+        num_rows = num_full + 1
+    if num_rows == 0:
+        raise ValueError(
+            f"The text has {len(stream)} tokens, fewer than one row of "
+            f"sequence_length + 1 = {width} tokens, and remainder='drop'. "
+            f"Received: sequence_length={sequence_length}"
+        )
+    ids = np.full((num_rows * width,), pad_id, dtype="int32")
+    used = num_full * width + leftover
+    ids[:used] = stream[:used]
+    weights = np.zeros((num_rows * width,), dtype="float32")
+    weights[:used] = 1.0
+    lengths = np.full((num_rows,), width, dtype="int32")
+    if leftover:
+        lengths[-1] = leftover
+    return ids.reshape(num_rows, width), weights.reshape(num_rows, width), lengths
