@@ -1,0 +1,26 @@
+"""Weight-only quantization (int8, int4, NF4) for keras-hub Gemma models.
+
+- `QuantizedEinsumDense`: a quantized `Dense`/`EinsumDense`, built with
+  `QuantizedEinsumDense.from_float(layer, mode=..., group_size=...)`.
+- `QuantizedEmbedding`: an int8 `ReversibleEmbedding` (lookups and tied logits).
+- `quantize_model(model, mode, ...)`: post-training quantization of a causal
+  LM's decoder blocks in place, by round-to-nearest or, with calibration
+  batches, clipping search and/or GPTQ.
+"""
+
+from kerasft.quantization.codebooks import NF4_CODE_VALUES, nf4_codebook
+from kerasft.quantization.quantize_model import METHODS, quantize_model
+from kerasft.quantization.quantized_dense import QuantizedEinsumDense
+from kerasft.quantization.quantized_embedding import QuantizedEmbedding
+from kerasft.quantization.quantizers import MODES, quantized_kernel_bytes
+
+__all__ = [
+    "METHODS",
+    "MODES",
+    "NF4_CODE_VALUES",
+    "QuantizedEinsumDense",
+    "QuantizedEmbedding",
+    "nf4_codebook",
+    "quantize_model",
+    "quantized_kernel_bytes",
+]

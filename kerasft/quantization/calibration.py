@@ -1,0 +1,181 @@
+"""Collecting a layer's real input statistics from calibration batches.
+
+Error-minimising quantizers need `H = sum_x x x^T` over the rows `x` that a
+layer actually multiplies with its kernel matrix (`(K,)` vectors, contracted
+axes in kernel order). `collect_hessians` temporarily wraps the `call` of the
+chosen layers, runs the model on the batches, and accumulates `H` in float64.
+Padding positions (where the batch's `padding_mask` is False) are skipped.
+"""
+
+import contextlib
+
+import numpy as np
+from keras import ops
+
+from kerasft.quantization.equations import DENSE_EQUATION, parse_equation
+
+
+def calibration_inputs(batch):
+    """Normalises one calibration batch to the model's input dict.
+
+    Args:
+        batch: a dict with `token_ids` (and optionally `padding_mask`), an
+            `(x, y, sample_weight)` tuple whose `x` is such a dict, or an
+            integer array `(batch, sequence)` of token ids (all positions
+            count).
+
+    Returns:
+        `{"token_ids": int32 array, "padding_mask": bool array}`.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], dict):
+        batch = batch[0]
+    if isinstance(batch, dict):
+        if "token_ids" not in batch:
+            raise ValueError(
+                "A calibration batch dict must hold 'token_ids'. "
+                f"Received: keys={sorted(batch)}"
+            )
+        token_ids = np.asarray(batch["token_ids"])
+        mask = batch.get("padding_mask")
+        mask = np.ones(token_ids.shape, bool) if mask is None else np.asarray(mask, bool)
+    else:
+        token_ids = np.asarray(batch)
+        mask = np.ones(token_ids.shape, bool)
+    if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
+        raise ValueError(
+            "A calibration batch must be integer token ids of shape (batch, sequence). "
+            f"Received: dtype={token_ids.dtype}, shape={token_ids.shape}"
+        )
+    return {"token_ids": token_ids.astype("int32"), "padding_mask": mask}
+
+
+def layer_equation(layer):
+    """The einsum equation of a Dense / EinsumDense / quantized layer."""
+    equation = getattr(layer, "equation", None)
+    return DENSE_EQUATION if equation is None else equation
+
+
+def input_rows(inputs, equation, mask=None):
+    """Reshapes a layer input into the `(rows, K)` matrix its kernel multiplies.
+
+    Args:
+        inputs: the layer's input (numpy or tensor).
+        equation: the layer's einsum equation.
+        mask: optional boolean `(batch, sequence)` array; if the input's first
+            two axes have this shape and are not contracted, masked-out rows
+            are dropped.
+
+    Returns:
+        A float64 numpy array `(rows, K)`.
+    """
+    axes = parse_equation(equation)
+    x = np.asarray(ops.convert_to_numpy(ops.cast(inputs, "float32")), dtype="float64")
+    perm = axes.input_to_rows_perm(x.ndim)
+    x = np.transpose(x, perm)
+    num_batch_axes = x.ndim - len(axes.contracted_letters)
+    contracted_size = int(np.prod(x.shape[num_batch_axes:]))
+    if mask is not None and num_batch_axes >= 2 and tuple(x.shape[:2]) == mask.shape:
+        x = x[mask]
+    return x.reshape(-1, contracted_size)
+
+
+class HessianAccumulator:
+    """Running `sum x x^T` and row count of one layer's inputs."""
+
+    def __init__(self, equation):
+        self.equation = equation
+        self.hessian = None
+        self.num_rows = 0
+
+    def add(self, inputs, mask=None):
+        rows = input_rows(inputs, self.equation, mask)
+        if self.hessian is None:
+            self.hessian = np.zeros((rows.shape[1], rows.shape[1]), dtype="float64")
+        self.hessian += rows.T @ rows
+        self.num_rows += rows.shape[0]
+
+    def mean_hessian(self):
+        """`H / rows`, the second-moment matrix of the inputs."""
+        if self.hessian is None or self.num_rows == 0:
+            raise ValueError(
+                "No calibration rows reached this layer. Received: num_rows=0 for "
+                f"equation={self.equation!r}"
+            )
+        return self.hessian / self.num_rows
+
+
+@contextlib.contextmanager
+def record_inputs(layers, accumulators, state):
+    """Wraps each layer's `call` to feed its first argument to an accumulator.
+
+    Args:
+        layers: the layers to observe.
+        accumulators: one `HessianAccumulator` per layer.
+        state: a dict whose `"mask"` entry is the current batch's padding mask.
+    """
+
+    def wrap(layer, accumulator, original):
+        def call(inputs, *args, **kwargs):
+            accumulator.add(inputs, state.get("mask"))
+            return original(inputs, *args, **kwargs)
+
+        return call
+
+    try:
+        for layer, accumulator in zip(layers, accumulators):
+            layer.call = wrap(layer, accumulator, layer.call)
+        yield
+    finally:
+        for layer in layers:
+            if "call" in vars(layer):
+                del layer.call
+
+
+def collect_hessians(model, layers, calibration_data):
+    """Runs `model` on calibration batches and returns each layer's input Hessian.
+
+    Args:
+        model: a callable Keras model taking `{"token_ids", "padding_mask"}`.
+        layers: layers inside `model` whose inputs to record.
+        calibration_data: a list of batches (see `calibration_inputs`).
+
+    Returns:
+        A list of `(K, K)` float64 arrays `mean(x x^T)`, one per layer.
+
+    Raises:
+        ValueError: if `calibration_data` is empty or a layer saw no input.
+    """
+    if calibration_data is None or len(calibration_data) == 0:
+        raise ValueError(
+            "`calibration_data` must be a non-empty list of token-id batches. "
+            f"Received: calibration_data={calibration_data!r}"
+        )
+    accumulators = [HessianAccumulator(layer_equation(layer)) for layer in layers]
+    state = {}
+    with record_inputs(layers, accumulators, state):
+        for batch in calibration_data:
+            inputs = calibration_inputs(batch)
+            state["mask"] = inputs["padding_mask"]
+            model(inputs, training=False)
+    return [accumulator.mean_hessian() for accumulator in accumulators]
+
+
+def relative_output_error(kernel_matrix, quantized_matrix, hessian):
+    """`||X (W - Q)||_F / ||X W||_F` from the input Hessian `H = X^T X / rows`.
+
+    Args:
+        kernel_matrix: float `(K, N)` matrix `W`.
+        quantized_matrix: dequantized `(K, N)` matrix `Q`.
+        hessian: `(K, K)` input second moments.
+
+    Returns:
+        The relative output error as a float.
+    """
+    w = np.asarray(kernel_matrix, dtype="float64")
+    delta = np.asarray(quantized_matrix, dtype="float64") - w
+    error = np.sum(delta * (hessian @ delta))
+    reference = np.sum(w * (hessian @ w))
+    return float(np.sqrt(max(error, 0.0) / max(reference, 1e-300)))

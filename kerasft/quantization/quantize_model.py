@@ -1,0 +1,300 @@
+"""`quantize_model`: post-training weight quantization of a keras-hub causal LM, in place.
+
+Every targeted `EinsumDense`/`Dense` inside the decoder blocks is replaced, on
+the layer that holds it, by a `QuantizedEinsumDense` with the same name and
+variable paths. Methods:
+
+- `"rtn"`: round-to-nearest with absmax (or min/max) group scales.
+- `"clip"`: per-group range clipping chosen to minimise the layer's output
+  error on calibration activations, then round-to-nearest.
+- `"gptq"`: GPTQ error-compensating rounding under absmax group scales.
+- `"clip+gptq"`: clipping search for the scales, then GPTQ rounding.
+
+Calibrated methods quantize block by block: the inputs of block `i` are
+recorded with blocks `0..i-1` already quantized, so later blocks compensate
+for the error of earlier ones.
+"""
+
+import fnmatch
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasft.quantization.calibration import collect_hessians, relative_output_error
+from kerasft.quantization.clipping import search_clip_ratios
+from kerasft.quantization.gptq import gptq_quantize_matrix
+from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
+from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
+
+METHODS = ("rtn", "clip", "gptq", "clip+gptq")
+
+
+def decoder_blocks(model):
+    """The decoder blocks of a keras-hub causal LM (or backbone).
+
+    Raises:
+        ValueError: if the model has no `transformer_layers`.
+    """
+    backbone = getattr(model, "backbone", model)
+    blocks = getattr(backbone, "transformer_layers", None)
+    if not blocks:
+        raise ValueError(
+            "`model` must be a keras-hub causal LM or backbone with "
+            f"`transformer_layers`. Received: model of type {type(model).__name__}"
+        )
+    return list(blocks)
+
+
+def _is_float_dense(layer):
+    return isinstance(layer, (keras.layers.EinsumDense, keras.layers.Dense)) and (
+        getattr(layer, "quantization_mode", None) is None
+    )
+
+
+def _matches(layer, patterns):
+    if patterns is None:
+        return True
+    return any(
+        layer.name == p or fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.path, p)
+        for p in patterns
+    )
+
+
+def find_targets(block, targets=None):
+    """The float dense layers of one block to quantize, with the attribute holding each.
+
+    Args:
+        block: a decoder block layer.
+        targets: None (every `EinsumDense`/`Dense` in the block) or a list of
+            layer names or `fnmatch` patterns matched against the layer's
+            name and its path (e.g. `"query"`, `"ffw_*"`,
+            `"*decoder_block_0/*"`).
+
+    Returns:
+        A list of `(parent, attribute_name, layer)` in the block's layer order.
+    """
+    found = []
+    for parent in block._flatten_layers(include_self=True):
+        names = list(vars(parent)) + list(getattr(parent, "_modules", {}) or {})
+        seen = set()
+        for name in names:
+            if name in seen or name.startswith("__"):
+                continue
+            seen.add(name)
+            value = getattr(parent, name, None)
+            if _is_float_dense(value) and _matches(value, targets):
+                found.append((parent, name, value))
+    order = {id(layer): i for i, layer in enumerate(_depth_first(block))}
+    return sorted(found, key=lambda item: order.get(id(item[2]), len(order)))
+
+
+def _depth_first(layer):
+    """Sub-layers in call-definition order (`_flatten_layers` is not depth-first)."""
+    ordered = []
+    for child in layer._layers:
+        ordered.append(child)
+        ordered.extend(_depth_first(child))
+    return ordered
+
+
+def replace_layer(parent, attribute, old, new):
+    """Replaces `parent.<attribute>` (tracked as `old`) by `new`, keeping layer order.
+
+    The new layer takes the old one's slot in `parent._layers`, so the old
+    layer's variables are no longer part of the model.
+    """
+    tracker = parent._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        if tracker.is_in_store("layers", old):
+            tracker.replace_tracked_value("layers", old, new)
+        setattr(parent, attribute, new)
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
+def retrack_torch_variables(model):
+    """Rebuilds each layer's torch `ParameterDict` after layers were swapped (torch only)."""
+    if keras.backend.backend() != "torch":
+        return
+    for layer in model._flatten_layers():
+        if hasattr(layer, "_torch_params"):
+            layer._track_variables()
+
+
+def _reset_compiled_functions(model):
+    for name in ("train_function", "test_function", "predict_function", "generate_function"):
+        if hasattr(model, name):
+            setattr(model, name, None)
+
+
+def quantize_kernel(
+    layer,
+    mode,
+    group_size="auto",
+    method="rtn",
+    hessian=None,
+    asymmetric=False,
+    double_quantize=False,
+    scale_dtype="float32",
+    damp=0.01,
+):
+    """Quantizes one float dense layer with the given method.
+
+    Args:
+        layer: a built `EinsumDense` or `Dense`.
+        mode, group_size, asymmetric, double_quantize, scale_dtype: the scheme
+            (see `QuantizedEinsumDense`).
+        method: one of `METHODS`.
+        hessian: `(K, K)` input second moments; required unless `"rtn"`.
+        damp: GPTQ diagonal damping.
+
+    Returns:
+        `(quantized_layer, relative_output_error)`; the error is measured on
+        the calibration inputs (None for `"rtn"` without a Hessian).
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    quantized = QuantizedEinsumDense.from_float(
+        layer,
+        mode=mode,
+        group_size=group_size,
+        asymmetric=asymmetric,
+        double_quantize=double_quantize,
+        scale_dtype=scale_dtype,
+    )
+    weights = quantized.kernel_matrix(float_layer_spec(layer)["kernel"])
+    scheme = dict(asymmetric=asymmetric, scale_dtype=scale_dtype)
+    if method != "rtn":
+        if hessian is None:
+            raise ValueError(
+                f"`hessian` is required for method={method!r}. Received: hessian=None"
+            )
+        clip_ratio = 1.0
+        if method in ("clip", "clip+gptq"):
+            clip_ratio = search_clip_ratios(weights, hessian, mode, quantized.group_size, **scheme)
+        if method == "clip":
+            matrix = quantize_matrix(
+                weights, mode, quantized.group_size, double_quantize=double_quantize,
+                clip_ratio=clip_ratio, **scheme,
+            )
+        else:
+            matrix = gptq_quantize_matrix(
+                weights, hessian, mode, quantized.group_size,
+                double_quantize=double_quantize, clip_ratio=clip_ratio, damp=damp, **scheme,
+            )
+        quantized.assign_quantized_matrix(matrix)
+    error = None
+    if hessian is not None:
+        reconstructed = dequantize_matrix(quantized.quantized_matrix(), mode, quantized.group_size)
+        error = relative_output_error(weights, reconstructed, hessian)
+    return quantized, error
+
+
+def quantize_model(
+    model,
+    mode,
+    targets=None,
+    group_size="auto",
+    calibration_data=None,
+    method="rtn",
+    asymmetric=False,
+    double_quantize=False,
+    scale_dtype="float32",
+    damp=0.01,
+):
+    """Quantizes the dense layers of a keras-hub causal LM's decoder blocks, in place.
+
+    Args:
+        model: a keras-hub `CausalLM` (e.g. `GemmaCausalLM`,
+            `Gemma3CausalLM`) or its backbone.
+        mode: `"int8"`, `"int4"` or `"nf4"`.
+        targets: None for every `EinsumDense`/`Dense` of every decoder block,
+            or a list of layer names / `fnmatch` patterns on names and paths
+            (e.g. `["query", "value"]`, `["ffw_*"]`). Each must match.
+        group_size: `"auto"` (per channel for int8, 64 for int4/nf4), None
+            (per channel) or an int dividing every targeted layer's
+            contracted size.
+        calibration_data: list of token-id batches (dicts with `token_ids`
+            and `padding_mask`, or int arrays); required unless
+            `method="rtn"`.
+        method: `"rtn"`, `"clip"`, `"gptq"` or `"clip+gptq"`.
+        asymmetric: integer modes: zero points per group.
+        double_quantize: quantize the scales to int8 in blocks of 256.
+        scale_dtype: `"float32"` or `"float16"` scale storage.
+        damp: GPTQ diagonal damping (fraction of the mean diagonal).
+
+    Returns:
+        A list with one dict per quantized layer: `path`, `mode`,
+        `float_bytes` (bf16), `quantized_bytes` and `output_error` (relative,
+        on the calibration inputs; None for RTN without calibration data).
+
+    Raises:
+        ValueError: for an unknown `method`, a calibrated method without
+            `calibration_data`, a target that matches nothing, or a
+            `group_size` that does not divide a layer's contracted size.
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    if method != "rtn" and not calibration_data:
+        raise ValueError(
+            f"method={method!r} needs `calibration_data` (a list of token-id batches). "
+            f"Received: calibration_data={calibration_data!r}"
+        )
+    if targets is not None:
+        targets = [targets] if isinstance(targets, str) else list(targets)
+    blocks = decoder_blocks(model)
+    plan = [find_targets(block, targets) for block in blocks]
+    all_layers = [layer for block_plan in plan for _, _, layer in block_plan]
+    for pattern in targets or []:
+        if not any(_matches(layer, [pattern]) for layer in all_layers):
+            raise ValueError(
+                "A target matched no float dense layer in the decoder blocks. "
+                f"Received: targets={targets}, unmatched={pattern!r}"
+            )
+    if not all_layers:
+        raise ValueError(f"No float dense layer to quantize. Received: targets={targets}")
+    # Check every group size before touching the model.
+    for layer in all_layers:
+        spec = float_layer_spec(layer)
+        QuantizedEinsumDense(
+            spec["equation"], spec["kernel"].shape, mode=mode, group_size=group_size,
+            asymmetric=asymmetric, scale_dtype=scale_dtype,
+        )
+
+    report = []
+    for block_plan in plan:
+        hessians = [None] * len(block_plan)
+        if calibration_data:
+            hessians = collect_hessians(
+                model, [layer for _, _, layer in block_plan], calibration_data
+            )
+        for (parent, attribute, layer), hessian in zip(block_plan, hessians):
+            quantized, error = quantize_kernel(
+                layer, mode, group_size=group_size, method=method, hessian=hessian,
+                asymmetric=asymmetric, double_quantize=double_quantize,
+                scale_dtype=scale_dtype, damp=damp,
+            )
+            replace_layer(parent, attribute, layer, quantized)
+            report.append(
+                {
+                    "path": quantized.path,
+                    "mode": mode,
+                    "float_bytes": quantized.float_bytes("bfloat16"),
+                    "quantized_bytes": quantized.quantized_bytes(),
+                    "output_error": error,
+                }
+            )
+    retrack_torch_variables(model)
+    _reset_compiled_functions(model)
+    return report
+
+
+def model_logits(model, batch):
+    """Float32 numpy logits of `model` on one batch (see `calibration_inputs`)."""
+    from kerasft.quantization.calibration import calibration_inputs
+
+    return np.asarray(ops.convert_to_numpy(ops.cast(model(calibration_inputs(batch)), "float32")))
