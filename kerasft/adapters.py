@@ -19,7 +19,7 @@ import numpy as np
 
 from kerasft.recipes.base import applied_recipe_config, recipe_from_config
 from kerasft.recipes.lora import lora_layers
-from kerasft.targeting import refresh_after_surgery, replace_layer
+from kerasft.targeting import adapter_wrappers, refresh_after_surgery, replace_layer
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -201,15 +201,25 @@ def load_adapter(model, directory):
 
 
 def merge_adapters(model):
-    """Folds every LoRA adapter into its base kernel and removes the wrappers.
+    """Folds every mergeable adapter into its layer and removes the wrappers.
 
     Merging is idempotent: a model with no adapters left is returned unchanged.
 
     Returns:
         The list of merged layer paths.
+
+    Raises:
+        ValueError: if the model holds an adapter that cannot be merged.
     """
+    wrappers = adapter_wrappers(model)
+    unmergeable = [w.target_path for w in wrappers if not w.mergeable]
+    if unmergeable:
+        raise ValueError(
+            "Some adapters cannot be merged into their layers. Received: "
+            f"unmergeable adapters at {unmergeable}"
+        )
     merged = []
-    for wrapper in lora_layers(model):
+    for wrapper in wrappers:
         wrapper.merge()
         replace_layer(model, wrapper, wrapper.layer)
         merged.append(wrapper.target_path)

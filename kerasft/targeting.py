@@ -58,13 +58,17 @@ def iter_layers(model):
     return model._flatten_layers(include_self=False)
 
 
-def dense_layers(model):
-    """`{path: layer}` for every dense-like layer in the model, adapters skipped."""
-    from kerasft.layers.lora import LoRADense
+def adapter_wrappers(model, cls=None):
+    """Every `AdapterWrapper` (or `cls` instance) in `model`, in model order."""
+    from kerasft.layers.wrapper import AdapterWrapper
 
-    wrapped_inner = {
-        id(layer.layer) for layer in iter_layers(model) if isinstance(layer, LoRADense)
-    }
+    cls = cls or AdapterWrapper
+    return [layer for layer in iter_layers(model) if isinstance(layer, cls)]
+
+
+def dense_layers(model):
+    """`{path: layer}` for every dense-like layer in the model, wrapped ones skipped."""
+    wrapped_inner = {id(wrapper.layer) for wrapper in adapter_wrappers(model)}
     return {
         layer.path: layer
         for layer in iter_layers(model)
@@ -155,3 +159,42 @@ def refresh_after_surgery(model):
         for layer in model._flatten_layers(include_self=True):
             if hasattr(layer, "_torch_params"):
                 layer._track_variables()
+
+
+def wrap_layers(model, targets, make_wrapper):
+    """Wraps every dense-like layer selected by `targets` in place.
+
+    Args:
+        model: the model to change.
+        targets: names, path globs or shortcuts (see `find_target_layers`).
+        make_wrapper: `(path, layer) -> AdapterWrapper`.
+
+    Returns:
+        The list of wrappers, in model order.
+
+    Raises:
+        ValueError: if a selected layer already carries an adapter, or if no
+            layer matches.
+    """
+    targets = normalize_targets(targets)
+    already = [
+        w.target_path
+        for w in adapter_wrappers(model)
+        if any(path_matches(w.target_path, t) for t in targets)
+    ]
+    if already:
+        raise ValueError(
+            "These layers already carry an adapter; merge or remove it first. "
+            f"Received: targets={list(targets)!r} matching {already}"
+        )
+    wrappers = []
+    for path, layer in find_target_layers(model, targets).items():
+        wrapper = make_wrapper(path, layer)
+        # Variables are created now (not at the first call) so that a jitted
+        # train step sees them, under the wrapped layer's parent path.
+        wrapper._parent_path = path.rpartition("/")[0]
+        wrapper.build()
+        replace_layer(model, layer, wrapper)
+        wrappers.append(wrapper)
+    refresh_after_surgery(model)
+    return wrappers

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from kerasft.layers.einsum_axes import kernel_axes
+from kerasft.layers.wrapper import AdapterWrapper
 
 
 def adapter_dtype_policy(compute_dtype):
@@ -33,7 +34,7 @@ def validate_lora_arguments(rank, alpha, dropout):
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
-class LoRADense(keras.layers.Layer):
+class LoRADense(AdapterWrapper):
     """Adds a trainable low-rank update `scale * B(A(dropout(x)))` to a dense layer.
 
     The wrapped layer keeps its kernel and is frozen (`trainable=False`). `A` maps the kernel's fan-in
@@ -68,17 +69,15 @@ class LoRADense(keras.layers.Layer):
         validate_lora_arguments(rank, alpha, dropout)
         kwargs.setdefault("name", f"{layer.name}_lora")
         kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
-        super().__init__(**kwargs)
-        layer.trainable = False
-        self.layer = layer
+        super().__init__(layer, target_path=target_path, **kwargs)
         self.rank = rank
         self.alpha = float(alpha)
         self.dropout = float(dropout)
         self.use_rslora = bool(use_rslora)
-        self.target_path = target_path or layer.path
         self.axes = kernel_axes(layer)
-        self.merged = False
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    mergeable = True
 
     @property
     def scale(self):
@@ -151,25 +150,14 @@ class LoRADense(keras.layers.Layer):
         summed = ops.cast(kernel, "float32") + delta
         kernel.assign(ops.cast(summed, kernel.dtype))
 
-    def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "layer": keras.saving.serialize_keras_object(self.layer),
                 "rank": self.rank,
                 "alpha": self.alpha,
                 "dropout": self.dropout,
                 "use_rslora": self.use_rslora,
-                "target_path": self.target_path,
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
-        return cls(**config)

@@ -5,18 +5,17 @@ import fnmatch
 from kerasft.layers.lora import LoRADense, validate_lora_arguments
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.targeting import (
+    adapter_wrappers,
     find_target_layers,
-    iter_layers,
     normalize_targets,
     path_matches,
-    refresh_after_surgery,
-    replace_layer,
+    wrap_layers,
 )
 
 
 def lora_layers(model):
     """Every `LoRADense` in `model`, in model order."""
-    return [layer for layer in iter_layers(model) if isinstance(layer, LoRADense)]
+    return adapter_wrappers(model, LoRADense)
 
 
 @register_recipe("lora")
@@ -61,33 +60,20 @@ class LoRA(Recipe):
         return self.rank
 
     def apply(self, model):
-        already = [
-            w.target_path
-            for w in lora_layers(model)
-            if any(path_matches(w.target_path, t) for t in self.targets)
-        ]
-        if already:
-            raise ValueError(
-                "These layers already carry a LoRA adapter; merge or remove it "
-                f"first. Received: targets={list(self.targets)!r} matching {already}"
-            )
-        targets = find_target_layers(model, self.targets)
+        find_target_layers(model, self.targets)  # fail before changing anything
         freeze_all(model)
-        for path, layer in targets.items():
-            wrapper = LoRADense(
+        wrap_layers(
+            model,
+            self.targets,
+            lambda path, layer: LoRADense(
                 layer,
                 rank=self.rank_for(path),
                 alpha=self.alpha,
                 dropout=self.dropout,
                 use_rslora=self.use_rslora,
                 target_path=path,
-            )
-            # Variables are created now (not at the first call) so that a jitted
-            # train step sees them, under the wrapped layer's parent path.
-            wrapper._parent_path = path.rpartition("/")[0]
-            wrapper.build()
-            replace_layer(model, layer, wrapper)
-        refresh_after_surgery(model)
+            ),
+        )
         mark_applied(model, self)
         return model
 

@@ -120,3 +120,11 @@ def test_bfloat16_model_trains_float32_adapters(batch):
     recipe.compile(model, learning_rate=1e-2)
     history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_a_failed_apply_leaves_the_model_trainable():
+    model = testing.tiny_causal_lm("gemma")
+    trainable = len(model.trainable_weights)
+    with pytest.raises(ValueError):
+        LoRA(targets=["nothing"]).apply(model)
+    assert len(model.trainable_weights) == trainable

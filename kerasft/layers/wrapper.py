@@ -1,0 +1,53 @@
+"""The base of layers that wrap one frozen layer of a model (LoRA, DoRA, IA3, ...)."""
+
+import keras
+
+
+class AdapterWrapper(keras.layers.Layer):
+    """A layer that wraps one existing layer and adds trainable weights to it.
+
+    Subclasses create their weights in `build()` (called with no arguments
+    right after wrapping) and implement `call`. Mergeable methods set
+    `mergeable = True` and implement `merge()`, which folds the adapter into
+    the wrapped layer's weights so that `kerasft.merge_adapters` can put the
+    wrapped layer back in the model.
+
+    Args:
+        layer: the wrapped layer; it is frozen.
+        target_path: the wrapped layer's path in its model (default
+            `layer.path`); adapter files key weights by it.
+    """
+
+    mergeable = False
+
+    def __init__(self, layer, target_path=None, **kwargs):
+        super().__init__(**kwargs)
+        layer.trainable = False
+        self.layer = layer
+        self.target_path = target_path or layer.path
+        self.merged = False
+
+    def merge(self):
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be merged into its layer. Received: "
+            f"layer at {self.target_path!r}"
+        )
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "layer": keras.saving.serialize_keras_object(self.layer),
+                "target_path": self.target_path,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
