@@ -1,0 +1,187 @@
+"""Write a keras-hub `Gemma3CausalLM` as a llama.cpp GGUF file.
+
+The inverse of `kerasft.models.gemma3_from_gguf`: the same tensor names,
+layouts and metadata keys llama.cpp's `convert_hf_to_gguf.py` writes for
+Gemma 3, so the file also loads in llama.cpp.
+"""
+
+import os
+
+import numpy as np
+
+from kerasft.models.gemma3_gguf import GEMMA3_ARCHITECTURE
+from kerasft.models.gemma3_gguf import gemma3_gguf_tensor_specs
+
+# Types `gguf.quants.quantize` implements in numpy (K-quants are read-only).
+EXPORT_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")
+
+
+def _check_exportable(backbone):
+    reasons = []
+    if backbone.vision_encoder is not None:
+        reasons.append("vision_encoder is not None")
+    if getattr(backbone, "is_embedding_model", False):
+        reasons.append("is_embedding_model=True")
+    if getattr(backbone, "use_bidirectional_attention", False):
+        reasons.append("use_bidirectional_attention=True")
+    if backbone.attention_logit_soft_cap is not None:
+        reasons.append(f"attention_logit_soft_cap={backbone.attention_logit_soft_cap}")
+    if backbone.local_rope_scaling_factor != 1.0:
+        reasons.append(f"local_rope_scaling_factor={backbone.local_rope_scaling_factor}")
+    # llama.cpp picks the query scale from the model size: 1/sqrt(hidden/heads)
+    # for the 62-layer 27B, 1/sqrt(head_dim) otherwise.
+    uses_head_dim = backbone.num_layers != 62
+    same_scale = backbone.hidden_dim // backbone.num_query_heads == backbone.head_dim
+    if backbone.query_head_dim_normalize != uses_head_dim and not same_scale:
+        reasons.append(f"query_head_dim_normalize={backbone.query_head_dim_normalize}")
+    if reasons:
+        raise ValueError(
+            "llama.cpp's gemma3 format cannot express this backbone. Received: "
+            f"causal_lm with {', '.join(reasons)}."
+        )
+
+
+def _gguf_tensor(spec, tensor_type):
+    import gguf
+
+    array = np.asarray(spec.variable.numpy()).astype(np.float32)
+    array = np.ascontiguousarray(spec.from_keras(array), dtype=np.float32)
+    if tensor_type == "F32":
+        return array, None
+    if tensor_type == "F16":
+        return array.astype(np.float16), None
+    quant_type = gguf.GGMLQuantizationType[tensor_type]
+    return gguf.quants.quantize(array, quant_type), quant_type
+
+
+def _check_tensor_type(spec, tensor_type):
+    import gguf
+
+    if tensor_type not in EXPORT_TENSOR_TYPES:
+        raise ValueError(
+            f"Unsupported GGUF tensor type for {spec.name!r}. Received: "
+            f"{tensor_type!r}; supported: {', '.join(EXPORT_TENSOR_TYPES)}."
+        )
+    block_size, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[tensor_type]]
+    if spec.gguf_shape[-1] % block_size:
+        raise ValueError(
+            f"{tensor_type} needs rows that are a multiple of {block_size} values. "
+            f"Received: {tensor_type!r} for {spec.name!r} of shape {spec.gguf_shape}."
+        )
+
+
+def write_gemma3_gguf(
+    causal_lm,
+    path,
+    tensor_types=None,
+    default_tensor_type="F32",
+    context_length=32768,
+    name=None,
+):
+    """Writes a `Gemma3CausalLM` and its tokenizer to a llama.cpp GGUF file.
+
+    Args:
+        causal_lm: A text-only `keras_hub.models.Gemma3CausalLM` in llama.cpp's
+            Gemma 3 layout (query/key norms, post norms) with a preprocessor
+            whose tokenizer is a BPE SentencePiece model.
+        path: Output `.gguf` path.
+        tensor_types: Optional `{gguf_tensor_name: type}` overrides, e.g.
+            `{"blk.0.ffn_down.weight": "Q8_0"}`. Types: one of
+            `EXPORT_TENSOR_TYPES`.
+        default_tensor_type: Type of every matrix not in `tensor_types`;
+            norm weights not in `tensor_types` stay F32, as llama.cpp writes
+            them.
+        context_length: `gemma3.context_length` written to the metadata
+            (32768 for Gemma 3 270M and 1B, 131072 for the larger models).
+        name: `general.name`; defaults to the backbone's name.
+
+    Returns:
+        The path written, as a string.
+
+    Raises:
+        ValueError: If the model cannot be written in llama.cpp's gemma3
+            format, or a tensor type or tensor name is unknown.
+    """
+    import gguf
+
+    from kerasft.models.gguf_tokenizer import gguf_vocabulary_from_sentencepiece
+
+    backbone = causal_lm.backbone
+    _check_exportable(backbone)
+    tokenizer = getattr(causal_lm.preprocessor, "tokenizer", None)
+    if getattr(tokenizer, "proto", None) is None:
+        raise ValueError(
+            "Writing a GGUF file needs the model's SentencePiece tokenizer. "
+            f"Received: causal_lm.preprocessor={causal_lm.preprocessor!r}."
+        )
+    specs = gemma3_gguf_tensor_specs(backbone)
+    tensor_types = dict(tensor_types or {})
+    unknown_names = sorted(set(tensor_types) - {spec.name for spec in specs})
+    if unknown_names:
+        raise ValueError(
+            f"`tensor_types` names tensors the model does not have. Received: "
+            f"{unknown_names}."
+        )
+    # Like llama.cpp's converter, keep 1-D norm weights in F32 unless told
+    # otherwise: they hold 1 + w, which 16-bit types would round.
+    spec_types = [
+        (spec, tensor_types.get(spec.name, "F32" if spec.kind == "norm" else default_tensor_type))
+        for spec in specs
+    ]
+    for spec, tensor_type in spec_types:
+        _check_tensor_type(spec, tensor_type)
+    vocabulary = gguf_vocabulary_from_sentencepiece(tokenizer.proto)
+    if len(vocabulary["tokens"]) > backbone.vocabulary_size:
+        raise ValueError(
+            "The tokenizer has more pieces than the embedding has rows. Received: "
+            f"{len(vocabulary['tokens'])} pieces, vocabulary_size="
+            f"{backbone.vocabulary_size}."
+        )
+
+    path = os.fspath(path)
+    writer = gguf.GGUFWriter(path, GEMMA3_ARCHITECTURE)
+    writer.add_name(name or backbone.name)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(backbone.hidden_dim)
+    writer.add_block_count(backbone.num_layers)
+    writer.add_feed_forward_length(backbone.intermediate_dim)
+    writer.add_head_count(backbone.num_query_heads)
+    writer.add_head_count_kv(backbone.num_key_value_heads)
+    writer.add_key_length(backbone.head_dim)
+    writer.add_value_length(backbone.head_dim)
+    writer.add_layer_norm_rms_eps(backbone.layer_norm_epsilon)
+    writer.add_rope_freq_base(1_000_000.0)
+    if backbone.global_rope_scaling_factor != 1.0:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(backbone.global_rope_scaling_factor)
+    if backbone.use_sliding_window_attention:
+        writer.add_sliding_window(backbone.sliding_window_size)
+    if backbone.final_logit_soft_cap is not None:
+        writer.add_final_logit_softcapping(backbone.final_logit_soft_cap)
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocabulary["tokens"])
+    writer.add_token_scores(vocabulary["scores"])
+    writer.add_token_types(vocabulary["token_types"])
+    for key, add in (
+        ("bos_id", writer.add_bos_token_id),
+        ("eos_id", writer.add_eos_token_id),
+        ("unknown_id", writer.add_unk_token_id),
+        ("padding_id", writer.add_pad_token_id),
+    ):
+        if vocabulary[key] is not None:
+            add(vocabulary[key])
+    writer.add_add_bos_token(bool(getattr(causal_lm.preprocessor, "add_start_token", True)))
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(vocabulary["add_space_prefix"])
+
+    for spec, tensor_type in spec_types:
+        array, raw_dtype = _gguf_tensor(spec, tensor_type)
+        writer.add_tensor(spec.name, array, raw_dtype=raw_dtype)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
