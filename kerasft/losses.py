@@ -4,13 +4,20 @@ import keras
 import numpy as np
 
 
-def causal_lm_loss():
-    """Cross-entropy on logits, summed over weighted tokens / (batch * length).
+def causal_lm_loss(token_mean=True):
+    """Next-token cross-entropy on logits, weighted by the loss mask.
 
-    With sample weights from `normalize_token_weights` this is exactly the mean
-    loss per trained token, also across gradient-accumulation micro-batches.
+    Args:
+        token_mean: divide the weighted sum by the sum of the weights, i.e. the
+            mean over trained tokens of the batch. With `False` the sum is
+            divided by `batch * length`, which together with
+            `TokenNormalizedBatches` gives the exact mean over all trained
+            tokens of a gradient-accumulation step.
     """
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True,
+        reduction="mean_with_sample_weight" if token_mean else "sum_over_batch_size",
+    )
 
 
 def causal_lm_metrics():

@@ -27,7 +27,7 @@ def test_accumulated_loss_is_the_mean_over_all_trained_tokens(steps):
     rng = np.random.default_rng(0)
     batches = uneven_batches(rng)
     normalized = TokenNormalizedBatches(batches, accumulation_steps=steps)
-    loss = causal_lm_loss()
+    loss = causal_lm_loss(token_mean=False)
     for window in range(0, 4, steps):
         micro = [normalized[i] for i in range(window, window + steps)]
         # Keras averages the gradients (and so the losses) of the micro-batches.
@@ -38,6 +38,12 @@ def test_accumulated_loss_is_the_mean_over_all_trained_tokens(steps):
         total = sum((token_losses(x["logits"], y) * w).sum() for x, y, w in raw)
         tokens = sum(w.sum() for _, _, w in raw)
         assert keras_value == pytest.approx(total / tokens, rel=1e-5)
+
+
+def test_default_loss_is_the_token_mean_of_one_batch():
+    x, y, w = uneven_batches(np.random.default_rng(2))[1]
+    expected = (token_losses(x["logits"], y) * w).sum() / w.sum()
+    assert float(causal_lm_loss()(y, x["logits"], sample_weight=w)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_plain_per_batch_means_would_be_wrong():

@@ -117,9 +117,11 @@ class Recipe:
             total_steps: optimizer steps of the run; enables warm-up + cosine.
             warmup_steps: warm-up steps (default 5% of `total_steps`).
             weight_decay: AdamW's decoupled weight decay.
-            gradient_accumulation_steps: micro-batches per optimizer step. Feed
-                batches through `kerasft.losses.TokenNormalizedBatches` so the
-                loss is normalised by the tokens of the whole step.
+            gradient_accumulation_steps: micro-batches per optimizer step. With
+                more than one, feed batches through
+                `kerasft.losses.TokenNormalizedBatches` (with
+                `keras.Model.fit`), which scales the sample weights so that the
+                loss is the mean over the trained tokens of the whole step.
             clipnorm: per-gradient norm clipping (`None` disables it).
             **overrides: passed to `model.compile` (`optimizer`, `loss`,
                 `weighted_metrics`, `sampler`, `jit_compile`, ...), replacing
@@ -136,7 +138,11 @@ class Recipe:
             gradient_accumulation_steps=gradient_accumulation_steps,
             clipnorm=clipnorm,
         )
-        overrides.setdefault("loss", losses.causal_lm_loss())
+        # Without accumulation: mean over the batch's trained tokens. With it,
+        # the token count of the whole step comes from TokenNormalizedBatches.
+        overrides.setdefault(
+            "loss", losses.causal_lm_loss(token_mean=gradient_accumulation_steps == 1)
+        )
         overrides.setdefault("weighted_metrics", losses.causal_lm_metrics())
         model.compile(optimizer=optimizer, **overrides)
         return model

@@ -50,3 +50,7 @@ def test_compile_sets_the_documented_training_setup():
     assert optimizer.clipnorm == 1.0
     assert float(optimizer.learning_rate) == 0.0  # warm-up starts at zero
     assert model.loss.from_logits
+    # Accumulation normalises through TokenNormalizedBatches, so no per-batch mean.
+    assert model.loss.reduction == "sum_over_batch_size"
+    recipe.compile(model)
+    assert model.loss.reduction == "mean_with_sample_weight"
