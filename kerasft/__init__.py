@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from kerasft import recipes  # noqa: E402
 from kerasft.adapters import load_adapter, merge_adapters, save_adapter  # noqa: E402
 from kerasft.callbacks import TrainingCheckpoint  # noqa: E402
+from kerasft.pretokenized import pretokenized  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -13,4 +14,5 @@ __all__ = [
     "load_adapter",
     "merge_adapters",
     "TrainingCheckpoint",
+    "pretokenized",
 ]
