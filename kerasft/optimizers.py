@@ -80,3 +80,17 @@ def adamw(
     )
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
     return optimizer
+
+
+def drop_unused_weight_decay(optimizer, trainable_variables):
+    """Turns weight decay off when every trainable variable is excluded from it.
+
+    Keras's torch AdamW crashes on an empty list of decayed variables
+    ("Tensor list must have at least one tensor"), e.g. for prompt tuning,
+    whose only weights are embeddings.
+    """
+    if getattr(optimizer, "weight_decay", None) and not any(
+        optimizer._use_weight_decay(v) for v in trainable_variables
+    ):
+        optimizer.weight_decay = None
+    return optimizer

@@ -42,3 +42,15 @@ def test_gradient_accumulation_steps_are_checked():
     assert adamw(gradient_accumulation_steps=1).gradient_accumulation_steps is None
     with pytest.raises(ValueError, match="gradient_accumulation_steps=0"):
         adamw(gradient_accumulation_steps=0)
+
+
+def test_weight_decay_is_dropped_when_no_variable_takes_it():
+    from kerasft.optimizers import drop_unused_weight_decay
+
+    embeddings = keras.Variable(np.ones((3, 2), "float32"), name="embeddings")
+    optimizer = drop_unused_weight_decay(adamw(weight_decay=0.1), [embeddings])
+    assert optimizer.weight_decay is None
+    grads = [keras.ops.convert_to_tensor(np.ones((3, 2), "float32"))]
+    optimizer.apply_gradients(zip(grads, [embeddings]))  # crashed on torch before
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    assert drop_unused_weight_decay(adamw(weight_decay=0.1), [kernel]).weight_decay == 0.1

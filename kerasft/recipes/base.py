@@ -143,6 +143,7 @@ class Recipe:
         overrides.setdefault(
             "loss", losses.causal_lm_loss(token_mean=gradient_accumulation_steps == 1)
         )
+        optimizer = optimizers.drop_unused_weight_decay(optimizer, model.trainable_variables)
         overrides.setdefault("weighted_metrics", losses.causal_lm_metrics())
         model.compile(optimizer=optimizer, **overrides)
         return model
