@@ -1,0 +1,194 @@
+"""QLoRA: LoRA adapters on top of a frozen, weight-quantized (NF4/int4/int8) base."""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasft.layers.lora import LoRADense
+from kerasft.quantization.quantize_model import model_logits, quantize_model
+from kerasft.quantization.quantized_dense import QuantizedEinsumDense
+from kerasft.quantization.quantizers import validate_mode
+from kerasft.recipes.base import freeze_all, mark_applied, register_recipe
+from kerasft.recipes.lora import LoRA, lora_layers
+from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer, wrap_layers
+
+REQUANTIZE_WARNING = (
+    "Merging a LoRA adapter into a quantized layer requantizes it "
+    "(dequantize, add the update, round again): the merged model is not equal to "
+    "the adapter model. Measure the logit difference, or use "
+    "`kerasft.recipes.QLoRA.merge(model)` for an exact float merge."
+)
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class QLoRADense(LoRADense):
+    """A `LoRADense` over a quantized layer; merging it warns that it requantizes."""
+
+    def merge(self):
+        if not self.merged and hasattr(self.layer, "requantize"):
+            warnings.warn(f"{self.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
+        return super().merge()
+
+
+def float_layer_from_quantized(layer, kernel):
+    """A float `EinsumDense`/`Dense` with `layer`'s equation, name and paths, holding `kernel`."""
+    axes = layer.axes
+    sizes = axes.sizes(layer.kernel_shape)
+    if axes.input_ellipsis:  # `...i,io->...o`: a Dense layer
+        float_layer = keras.layers.Dense(
+            layer.output_size, activation=layer.activation, use_bias=layer.bias is not None,
+            dtype=layer.dtype_policy, name=layer.name,
+        )
+        input_shape = (None, layer.contracted_size)
+    else:
+        output_shape = [sizes.get(c) for c in axes.output_letters[1:]]
+        bias_axes = None
+        if layer.bias_shape is not None:
+            kernel_outputs = [c for c in axes.output_letters if c in sizes]
+            bias_axes = "".join(kernel_outputs[-len(layer.bias_shape):])
+        float_layer = keras.layers.EinsumDense(
+            layer.equation, output_shape=output_shape, activation=layer.activation,
+            bias_axes=bias_axes, dtype=layer.dtype_policy, name=layer.name,
+        )
+        input_shape = tuple(sizes.get(c) for c in axes.input_letters)
+    if layer.path and "/" in layer.path:
+        float_layer._parent_path = layer.path.rsplit("/", 1)[0]
+    float_layer.build(input_shape)
+    float_layer._kernel.assign(ops.cast(kernel, float_layer._kernel.dtype))
+    if layer.bias is not None:
+        float_layer.bias.assign(layer.bias)
+    return float_layer
+
+
+@register_recipe("qlora")
+class QLoRA(LoRA):
+    """LoRA on a frozen base whose decoder-block kernels are quantized (QLoRA).
+
+    `apply` quantizes the base in place with round-to-nearest
+    (`kerasft.quantization.quantize_model`, deterministic, so `load_adapter`
+    rebuilds the same base from a float checkpoint), then wraps the LoRA
+    targets, quantized or not, with adapters. Adapter weights are float32.
+
+    Args:
+        rank, alpha, dropout, targets, use_rslora, rank_pattern: as `LoRA`.
+        quantization: `"nf4"`, `"int4"` or `"int8"`.
+        group_size: rows of the contracted axis per scale (must divide every
+            quantized layer's contracted size), or None for per channel.
+        double_quant: store the scales as int8 blocks (QLoRA's double
+            quantization).
+        quantize_targets: None for every kernel of every decoder block, or
+            layer names / `fnmatch` patterns (see `quantize_model`).
+    """
+
+    def __init__(
+        self,
+        rank=8,
+        alpha=16.0,
+        dropout=0.0,
+        targets=("query", "value"),
+        quantization="nf4",
+        group_size=64,
+        double_quant=True,
+        quantize_targets=None,
+        use_rslora=False,
+        rank_pattern=None,
+    ):
+        super().__init__(
+            rank=rank, alpha=alpha, dropout=dropout, targets=targets,
+            use_rslora=use_rslora, rank_pattern=rank_pattern,
+        )
+        validate_mode(quantization)
+        self.quantization = quantization
+        self.group_size = group_size
+        self.double_quant = bool(double_quant)
+        if isinstance(quantize_targets, str):
+            quantize_targets = [quantize_targets]
+        self.quantize_targets = None if quantize_targets is None else list(quantize_targets)
+
+    def apply(self, model):
+        find_target_layers(model, self.targets)  # fail before changing anything
+        quantize_model(
+            model,
+            self.quantization,
+            targets=self.quantize_targets,
+            group_size=self.group_size,
+            double_quantize=self.double_quant,
+        )
+        freeze_all(model)
+        wrap_layers(
+            model,
+            self.targets,
+            lambda path, layer: QLoRADense(
+                layer,
+                rank=self.rank_for(path),
+                alpha=self.alpha,
+                dropout=self.dropout,
+                use_rslora=self.use_rslora,
+                target_path=path,
+            ),
+        )
+        mark_applied(model, self)
+        return model
+
+    @staticmethod
+    def merge(model, requantize=False, batch=None):
+        """Folds every LoRA adapter into its layer and removes the wrappers.
+
+        Args:
+            model: a model `QLoRA.apply` changed (and trained).
+            requantize: False (default): each quantized target is replaced by
+                a float `EinsumDense`/`Dense` holding `dequantized + delta`,
+                an exact merge (a float export of the targeted layers; the
+                other layers stay quantized). True: the sum is quantized
+                again into the quantized layer (smaller, not exact; warns).
+            batch: inputs (`{"token_ids", "padding_mask"}`, or an
+                `(x, y, sample_weight)` tuple) on which to measure the max
+                absolute logit difference between the adapter model and the
+                merged one.
+
+        Returns:
+            A dict with `merged` (the layer paths) and
+            `max_abs_logit_difference` (float, or None without `batch`).
+        """
+        before = None if batch is None else model_logits(model, batch)
+        merged = []
+        for wrapper in lora_layers(model):
+            layer = wrapper.layer
+            if isinstance(layer, QuantizedEinsumDense) and not requantize:
+                kernel = ops.cast(layer.dequantized_kernel("float32"), "float32")
+                kernel = kernel + wrapper.delta_kernel()
+                replacement = float_layer_from_quantized(layer, kernel)
+            else:
+                if isinstance(layer, QuantizedEinsumDense):
+                    warnings.warn(f"{wrapper.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
+                    LoRADense.merge(wrapper)
+                else:
+                    wrapper.merge()
+                replacement = layer
+            replace_layer(model, wrapper, replacement)
+            merged.append(wrapper.target_path)
+        if merged:
+            refresh_after_surgery(model)
+        difference = None
+        if batch is not None:
+            difference = float(np.max(np.abs(model_logits(model, batch) - before)))
+        return {"merged": merged, "max_abs_logit_difference": difference}
+
+    def get_config(self):
+        # Written out rather than extending `LoRA.get_config`, so that options
+        # LoRA gains later (and QLoRA does not implement) never land here.
+        return {
+            "method": self.method,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "targets": list(self.targets),
+            "use_rslora": self.use_rslora,
+            "rank_pattern": dict(self.rank_pattern),
+            "quantization": self.quantization,
+            "group_size": self.group_size,
+            "double_quant": self.double_quant,
+            "quantize_targets": self.quantize_targets,
+        }

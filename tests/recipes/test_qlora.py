@@ -1,0 +1,115 @@
+import keras
+import numpy as np
+import pytest
+
+from kerasft import load_adapter, merge_adapters, save_adapter, testing
+from kerasft.quantization import QuantizedEinsumDense, quantize_model
+from kerasft.recipes import QLoRA
+from kerasft.recipes.lora import lora_layers
+from kerasft.targeting import iter_layers
+from tests.conftest import to_numpy, weights_by_path
+
+
+def quantized_layers(model):
+    return [layer for layer in iter_layers(model) if isinstance(layer, QuantizedEinsumDense)]
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int4", "int8"])
+def test_init_outputs_equal_the_quantized_model(model_kind, batch, quantization):
+    x, _, _ = batch
+    reference = testing.tiny_causal_lm(model_kind)
+    quantize_model(reference, quantization, group_size=16, double_quantize=True)
+    model = testing.tiny_causal_lm(model_kind)
+    float_logits = to_numpy(model(x))
+    QLoRA(rank=4, quantization=quantization, group_size=16).apply(model)
+    assert len(quantized_layers(model)) == 14  # 7 kernels x 2 blocks
+    assert all(isinstance(w.layer, QuantizedEinsumDense) for w in lora_layers(model))
+    logits = to_numpy(model(x))
+    np.testing.assert_array_equal(logits, to_numpy(reference(x)))
+    assert not np.allclose(logits, float_logits, atol=1e-6)
+    for variable in model.trainable_weights:
+        assert keras.backend.standardize_dtype(variable.dtype) == "float32"
+
+
+def test_fit_moves_only_adapters_and_keeps_codes_bit_identical(batch, tmp_path):
+    model = testing.tiny_causal_lm("gemma3")
+    x, y, w = batch
+    recipe = QLoRA(rank=4, alpha=8, group_size=16, targets=("query", "value", "ffw_linear"))
+    recipe.apply(model)
+    adapter_paths = {v.path for v in model.trainable_weights}
+    assert len(adapter_paths) == 2 * 3 * 2
+    before = weights_by_path(model)
+    recipe.compile(model, learning_rate=1e-2)
+    history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0] - 0.05
+    after = weights_by_path(model)
+    for path, value in before.items():
+        if path in adapter_paths:
+            assert not np.array_equal(after[path], value), f"{path} did not train"
+        else:  # codes, scales, norms, embeddings
+            np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+    # Save, then reload onto a fresh float base: RTN rebuilds the same codes.
+    expected = to_numpy(model(x))
+    save_adapter(model, tmp_path / "qlora")
+    fresh = testing.tiny_causal_lm("gemma3")
+    load_adapter(fresh, tmp_path / "qlora")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+    reloaded = weights_by_path(fresh)
+    for path, value in after.items():
+        np.testing.assert_array_equal(reloaded[path], value, err_msg=path)
+
+
+def trained_qlora_model(batch, **kwargs):
+    model = testing.tiny_causal_lm("gemma")
+    x, y, w = batch
+    recipe = QLoRA(rank=4, alpha=8, group_size=8, targets=("query", "ffw_gating"), **kwargs)
+    recipe.apply(model)
+    recipe.compile(model, learning_rate=2e-2)
+    model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, verbose=0)
+    return model
+
+
+def test_float_merge_is_exact_and_requantized_merge_reports_the_difference(batch):
+    x, _, _ = batch
+    model = trained_qlora_model(batch)
+    adapter_logits = to_numpy(model(x))
+    result = QLoRA.merge(model, batch=x)
+    assert sorted(result["merged"]) == [
+        f"decoder_block_{i}/{name}" for i in (0, 1)
+        for name in ("attention/query", "ffw_gating")
+    ]
+    assert result["max_abs_logit_difference"] < 1e-4
+    np.testing.assert_allclose(to_numpy(model(x)), adapter_logits, atol=1e-4)
+    assert not lora_layers(model)
+    merged_paths = {layer.path for layer in iter_layers(model)
+                    if isinstance(layer, keras.layers.EinsumDense)}
+    assert set(result["merged"]) <= merged_paths
+    assert len(quantized_layers(model)) == 14 - 4
+
+    model = trained_qlora_model(batch)
+    with pytest.warns(UserWarning, match="requantizes"):
+        result = QLoRA.merge(model, requantize=True, batch=x)
+    assert len(quantized_layers(model)) == 14
+    assert 0 < result["max_abs_logit_difference"] < 1.0
+
+
+def test_generic_merge_adapters_warns_that_it_requantizes(batch):
+    model = trained_qlora_model(batch)
+    with pytest.warns(UserWarning, match="requantizes"):
+        merged = merge_adapters(model)
+    assert len(merged) == 4 and len(quantized_layers(model)) == 14
+
+
+def test_quantize_targets_and_bad_arguments(batch):
+    model = testing.tiny_causal_lm("gemma3")
+    QLoRA(rank=2, targets=("value",), quantization="int4", group_size=8,
+          double_quant=False, quantize_targets=["ffw_*"]).apply(model)
+    assert {layer.name for layer in quantized_layers(model)} == {
+        "ffw_gating", "ffw_gating_2", "ffw_linear"
+    }
+    assert not any(isinstance(w.layer, QuantizedEinsumDense) for w in lora_layers(model))
+    with pytest.raises(ValueError, match="mode='int2'"):
+        QLoRA(quantization="int2")
+    with pytest.raises(ValueError, match="group_size=64"):
+        QLoRA(group_size=64).apply(testing.tiny_causal_lm("gemma3"))
