@@ -2,6 +2,7 @@
 
 import fnmatch
 
+from kerasft.layers.dora import DoRADense
 from kerasft.layers.lora import LoRADense, validate_lora_arguments
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.targeting import (
@@ -32,6 +33,9 @@ class LoRA(Recipe):
         use_rslora: rank-stabilised scaling.
         rank_pattern: optional `{glob_or_name: rank}` overriding `rank` for
             matching layer paths (first match wins).
+        use_dora: wrap with `DoRADense` (weight-decomposed LoRA: a trainable
+            per-output-feature magnitude times the normalised `W + scale*AB`)
+            instead of `LoRADense`. The method name stays `"lora"`.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class LoRA(Recipe):
         targets=("query", "value"),
         use_rslora=False,
         rank_pattern=None,
+        use_dora=False,
     ):
         validate_lora_arguments(rank, alpha, dropout)
         self.rank = rank
@@ -50,6 +55,9 @@ class LoRA(Recipe):
         self.targets = normalize_targets(targets)
         self.use_rslora = bool(use_rslora)
         self.rank_pattern = dict(rank_pattern or {})
+        if not isinstance(use_dora, bool):
+            raise ValueError(f"`use_dora` must be True or False. Received: use_dora={use_dora!r}")
+        self.use_dora = use_dora
         for pattern, pattern_rank in self.rank_pattern.items():
             validate_lora_arguments(pattern_rank, alpha, dropout)
 
@@ -62,10 +70,11 @@ class LoRA(Recipe):
     def apply(self, model):
         find_target_layers(model, self.targets)  # fail before changing anything
         freeze_all(model)
+        wrapper_class = DoRADense if self.use_dora else LoRADense
         wrap_layers(
             model,
             self.targets,
-            lambda path, layer: LoRADense(
+            lambda path, layer: wrapper_class(
                 layer,
                 rank=self.rank_for(path),
                 alpha=self.alpha,
@@ -86,4 +95,5 @@ class LoRA(Recipe):
             "targets": list(self.targets),
             "use_rslora": self.use_rslora,
             "rank_pattern": dict(self.rank_pattern),
+            "use_dora": self.use_dora,
         }

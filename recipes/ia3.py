@@ -1,0 +1,11 @@
+"""Instruction-tune a Gemma model with (IA)^3 on WordNet definitions.
+
+    python recipes/ia3.py --model tiny|gemma3-270m [--config recipes/configs/ia3.yaml]
+
+The training loop is `recipes/dora.py`'s; only the config differs.
+"""
+
+from dora import main  # the sibling script (its folder is on sys.path)
+
+if __name__ == "__main__":
+    main("recipes/configs/ia3.yaml")
