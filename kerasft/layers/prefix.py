@@ -1,0 +1,351 @@
+"""Key/value prefixes in keras-hub Gemma and Gemma 3 attention layers.
+
+`PrefixAttention` wraps a `CachedGemmaAttention` or `CachedGemma3Attention`
+and puts `num_virtual_tokens` extra key/value positions in front of the keys
+and values of every call, in training and in `generate()` (the prefix is not
+written into the KV cache, it is concatenated in front of it at each step, so
+keras-hub's cache shapes stay as they are).
+
+Semantics, on purpose:
+- every real token attends to every prefix position: the prefix ignores the
+  causal mask, the padding mask and the sliding window of local layers;
+- the prefix carries no rotary position of its own: the stored keys are used
+  as they are. Prefixes computed from real tokens (`capture_prefixes`, soft
+  prompts) are rotated at positions `-P .. -1`, just before the real tokens
+  at `0 ..`; RoPE being relative, this equals running those `P` tokens first
+  and the real tokens at positions `P ..` (up to float rounding).
+
+Where a prefix comes from:
+- the wrapper's own `prefix_key` / `prefix_value` weights, shape
+  `(num_virtual_tokens, num_key_value_heads, head_dim)`, float32; or
+- a shared `provider` layer (a prefix MLP, a soft prompt) that computes the
+  prefixes of all layers once per forward pass; the first wrapper asks for
+  them and each wrapper takes its own (`PrefixProvider.prefix_for`).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasft.layers.wrapper import AdapterWrapper
+
+ATTENTION_CLASS_NAMES = ("CachedGemmaAttention", "CachedGemma3Attention")
+
+
+def is_prefixable_attention(layer):
+    """Whether `layer` is a keras-hub Gemma / Gemma 3 attention layer."""
+    return type(layer).__name__ in ATTENTION_CLASS_NAMES
+
+
+class PrefixProvider(keras.layers.Layer):
+    """A layer that computes the prefixes of every attention layer at once.
+
+    Subclasses implement `compute_prefixes()`, returning one `(key, value)`
+    pair per attention layer, each `(num_virtual_tokens, kv_heads, head_dim)`.
+    """
+
+    def __init__(self, num_virtual_tokens, num_layers, **kwargs):
+        super().__init__(**kwargs)
+        self.num_virtual_tokens = int(num_virtual_tokens)
+        self.num_layers = int(num_layers)
+        object.__setattr__(self, "_pending", None)
+
+    def compute_prefixes(self):
+        raise NotImplementedError
+
+    def prefix_for(self, index):
+        """The prefix of attention layer `index`; index 0 recomputes all.
+
+        Each prefix is handed out once per forward pass, so a stale prefix
+        from an earlier pass (or trace) can never be used.
+        """
+        if index == 0:
+            object.__setattr__(self, "_pending", list(self.compute_prefixes()))
+        pending = self._pending
+        if pending is None or pending[index] is None:
+            raise RuntimeError(
+                "Prefix attention layers must run in model order, starting "
+                f"with the first decoder block. Received: layer index={index} "
+                "called before layer 0 in this forward pass"
+            )
+        prefix = pending[index]
+        pending[index] = None
+        return prefix
+
+
+@keras.saving.register_keras_serializable(package="kerasft")
+class PrefixAttention(AdapterWrapper):
+    """Adds trainable (or provided) key/value prefixes to a Gemma attention layer.
+
+    Args:
+        layer: a built `CachedGemmaAttention` / `CachedGemma3Attention`.
+        num_virtual_tokens: prefix length `P` (0 is allowed: the layer then
+            computes exactly what the wrapped layer computes).
+        layer_index: the decoder block index; a `provider` keys prefixes by it.
+        provider: an optional shared `PrefixProvider`; without one the wrapper
+            owns `prefix_key` and `prefix_value` weights.
+        target_path: the wrapped layer's path.
+    """
+
+    def __init__(
+        self,
+        layer,
+        num_virtual_tokens,
+        layer_index=0,
+        provider=None,
+        target_path=None,
+        **kwargs,
+    ):
+        if not is_prefixable_attention(layer):
+            raise ValueError(
+                "PrefixAttention wraps keras-hub Gemma attention layers only. "
+                f"Received: layer of type {type(layer).__name__}"
+            )
+        if (isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int)
+                or num_virtual_tokens < 0):
+            raise ValueError(
+                "`num_virtual_tokens` must be a non-negative integer. "
+                f"Received: num_virtual_tokens={num_virtual_tokens!r}"
+            )
+        kwargs.setdefault("name", f"{layer.name}_prefix")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, target_path=target_path, **kwargs)
+        self.num_virtual_tokens = num_virtual_tokens
+        self.layer_index = int(layer_index)
+        self.provider = provider
+        # When a list, the layer runs without prefix, rotates at -P and
+        # appends its keys/values to it (see `capture_prefixes`).
+        object.__setattr__(self, "_capture", None)
+
+    @property
+    def prefix_shape(self):
+        return (self.num_virtual_tokens, self.layer.num_key_value_heads, self.layer.head_dim)
+
+    def build(self, input_shape=None):
+        if self.provider is None:
+            self.add_prefix_weights()
+        self.built = True
+
+    def add_prefix_weights(self, key=None, value=None):
+        """Creates float32 `prefix_key` / `prefix_value` (optionally set)."""
+        init = keras.initializers.RandomNormal(stddev=0.02, seed=self.layer_index)
+        self.prefix_key = self.add_weight(
+            name="prefix_key", shape=self.prefix_shape, initializer=init, dtype="float32"
+        )
+        self.prefix_value = self.add_weight(
+            name="prefix_value", shape=self.prefix_shape, initializer=init, dtype="float32"
+        )
+        if key is not None:
+            self.prefix_key.assign(ops.cast(key, "float32"))
+            self.prefix_value.assign(ops.cast(value, "float32"))
+
+    def prefix(self):
+        """This layer's `(key, value)` prefix, each `(P, kv_heads, head_dim)`."""
+        if self.provider is not None:
+            return self.provider.prefix_for(self.layer_index)
+        return self.prefix_key, self.prefix_value
+
+    def _project(self, x, start_index):
+        layer = self.layer
+        query = layer.query_dense(x)
+        key = layer.key_dense(x)
+        if getattr(layer, "use_query_key_norm", False):
+            query = layer.query_norm(query)
+            key = layer.key_norm(key)
+        query = layer._apply_rope(query, start_index)
+        key = layer._apply_rope(key, start_index)
+        return query, key, layer.value_dense(x)
+
+    def call(
+        self,
+        x,
+        attention_mask=None,
+        cache=None,
+        cache_update_index=0,
+        cache_update_mask=None,
+        training=False,
+    ):
+        layer = self.layer
+        capturing = self._capture is not None
+        offset = -self.num_virtual_tokens if capturing else 0
+        query, key, value = self._project(x, cache_update_index + offset)
+        if capturing:
+            self._capture.append((key[0], value[0]))
+
+        if cache is not None:
+            stacked = not isinstance(cache, (tuple, list))  # Gemma 1: [B, 2, S, K, H]
+            key_cache, value_cache = (cache[:, 0, ...], cache[:, 1, ...]) if stacked else cache
+            start = [0, cache_update_index, 0, 0]
+            if cache_update_mask is not None:  # Gemma 3: keep prompt entries
+                update_mask = ops.expand_dims(ops.expand_dims(cache_update_mask, -1), -1)
+                key = ops.where(update_mask, key, ops.slice(key_cache, start, ops.shape(key)))
+                value = ops.where(update_mask, value, ops.slice(value_cache, start, ops.shape(value)))
+            key = ops.slice_update(key_cache, start, key)
+            value = ops.slice_update(value_cache, start, value)
+            cache = ops.stack((key, value), axis=1) if stacked else (key, value)
+
+        mask = attention_mask
+        if layer.use_sliding_window_attention and mask is not None:
+            mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
+        if not capturing and self.num_virtual_tokens:
+            prefix_key, prefix_value = self.prefix()
+            batch_size = ops.shape(key)[0]
+            shape = (batch_size,) + self.prefix_shape
+            key = ops.concatenate(
+                [ops.broadcast_to(ops.cast(prefix_key, key.dtype)[None], shape), key], axis=1
+            )
+            value = ops.concatenate(
+                [ops.broadcast_to(ops.cast(prefix_value, value.dtype)[None], shape), value], axis=1
+            )
+            if mask is not None:
+                visible = ops.ones((batch_size, ops.shape(mask)[1], self.num_virtual_tokens), mask.dtype)
+                mask = ops.concatenate([visible, mask], axis=-1)
+
+        attention_vec = self._attend(query, key, value, mask, training)
+        if mask is not None:
+            # As the wrapped layer: zero rows that attend to nothing.
+            no_attended = ops.all(ops.equal(mask, 0), axis=-1, keepdims=True)[..., None]
+            attention_vec = ops.where(no_attended, ops.zeros_like(attention_vec), attention_vec)
+        output = layer.output_dense(attention_vec)
+        if cache is not None:
+            return output, cache
+        return output
+
+    def _attend(self, q, k, v, mask, training):
+        """The wrapped layer's `_compute_attention`, minus its sliding window
+        (applied by `call` before the prefix columns are added)."""
+        layer = self.layer
+        if layer.query_head_dim_normalize:
+            normalization = 1 / np.sqrt(layer.head_dim)
+        else:
+            normalization = 1 / np.sqrt(layer.hidden_dim // layer.num_query_heads)
+        if layer._use_fused_attention_op():
+            kwargs = {"attn_logits_soft_cap": layer.logit_soft_cap} if layer.logit_soft_cap else {}
+            if mask is not None:
+                mask = ops.cast(ops.expand_dims(mask, axis=1), "bool")
+            return ops.dot_product_attention(
+                query=q, key=k, value=v, mask=mask, scale=normalization, **kwargs
+            )
+        q *= ops.cast(normalization, dtype=q.dtype)
+        q_shape = ops.shape(q)
+        groups = layer.num_query_heads // layer.num_key_value_heads
+        q = ops.reshape(q, (*q_shape[:-2], layer.num_key_value_heads, groups, q_shape[-1]))
+        b, q_len, _, _, h = ops.shape(q)
+        logits = ops.einsum("btkgh,bskh->bkgts", q, k)
+        if layer.logit_soft_cap is not None:
+            logits = ops.multiply(ops.tanh(ops.divide(logits, layer.logit_soft_cap)), layer.logit_soft_cap)
+        if mask is not None:
+            mask = mask[:, None, None, :, :]
+        dtype = logits.dtype
+        weights = ops.cast(layer.softmax(logits, mask=mask), dtype)
+        if layer.dropout:
+            weights = layer.dropout_layer(weights, training=training)
+        results = ops.einsum("bkgts,bskh->btkgh", weights, v)
+        return ops.reshape(results, (b, q_len, layer.num_query_heads, h))
+
+    def fold(self):
+        """Replaces a provider by its current output, stored as own weights."""
+        if self.provider is None:
+            return False
+        key, value = self.provider.prefix_for(self.layer_index)
+        key = ops.convert_to_numpy(ops.cast(key, "float32"))
+        value = ops.convert_to_numpy(ops.cast(value, "float32"))
+        tracker = self._tracker
+        was_locked = tracker.locked
+        tracker.unlock()
+        try:
+            tracker.untrack(self.provider)
+            self.provider = None
+            self.add_prefix_weights(key, value)
+        finally:
+            if was_locked:
+                tracker.lock()
+        return True
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"num_virtual_tokens": self.num_virtual_tokens, "layer_index": self.layer_index}
+        )
+        return config
+
+
+def prefix_wrappers(model):
+    """Every `PrefixAttention` in `model`, in block order."""
+    from kerasft.targeting import adapter_wrappers
+
+    return sorted(adapter_wrappers(model, PrefixAttention), key=lambda w: w.layer_index)
+
+
+def attention_layers(model):
+    """`[(path, attention layer)]` of a keras-hub Gemma model, in block order.
+
+    Raises:
+        ValueError: if the model has no keras-hub Gemma attention layers.
+    """
+    backbone = getattr(model, "backbone", model)
+    blocks = getattr(backbone, "transformer_layers", None) or []
+    found = [(block.attention.path, block.attention) for block in blocks
+             if is_prefixable_attention(getattr(block, "attention", None))]
+    if not found or len(found) != len(blocks):
+        raise ValueError(
+            "Prefix and prompt tuning need a keras-hub Gemma / Gemma 3 model whose "
+            "decoder blocks all hold CachedGemma(3)Attention layers (not already "
+            f"wrapped). Received: model {type(model).__name__} with "
+            f"{[type(getattr(b, 'attention', None)).__name__ for b in blocks]}"
+        )
+    return found
+
+
+def wrap_attention_layers(model, num_virtual_tokens, provider=None):
+    """Wraps every decoder block's attention in a `PrefixAttention`, in place."""
+    from kerasft.targeting import refresh_after_surgery, replace_layer
+
+    wrappers = []
+    for index, (path, layer) in enumerate(attention_layers(model)):
+        wrapper = PrefixAttention(layer, num_virtual_tokens, layer_index=index,
+                                  provider=provider, target_path=path)
+        wrapper._parent_path = path.rpartition("/")[0]
+        wrapper.build()
+        replace_layer(model, layer, wrapper)
+        wrappers.append(wrapper)
+    refresh_after_surgery(model)
+    return wrappers
+
+
+def embed_tokens(model, token_ids):
+    """Token ids `(P,)` -> scaled input embeddings `(1, P, hidden)`, as the backbone."""
+    backbone = getattr(model, "backbone", model)
+    x = backbone.token_embedding(ops.convert_to_tensor(np.asarray(token_ids, "int32")[None]))
+    return x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+
+
+def capture_prefixes(model, embeddings):
+    """Runs `embeddings` `(1, P, hidden)` through the decoder blocks as a prompt.
+
+    The model must carry `PrefixAttention` wrappers with `num_virtual_tokens
+    == P`. The tokens are placed at positions `-P .. -1` and see only each
+    other (causal, with sliding windows), never a prefix.
+
+    Returns:
+        One `(key, value)` pair per layer, each `(P, kv_heads, head_dim)`:
+        exactly the prefix that makes later tokens see this prompt.
+    """
+    backbone = getattr(model, "backbone", model)
+    wrappers = prefix_wrappers(model)
+    length = ops.shape(embeddings)[1]
+    captured = []
+    for wrapper in wrappers:
+        object.__setattr__(wrapper, "_capture", captured)
+    try:
+        x = ops.cast(embeddings, backbone.compute_dtype)
+        mask = ops.ones((1, length), "int32")
+        for block in backbone.transformer_layers:
+            x = block(x, padding_mask=mask)
+    finally:
+        for wrapper in wrappers:
+            object.__setattr__(wrapper, "_capture", None)
+    return captured
