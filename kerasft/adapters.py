@@ -52,8 +52,24 @@ def _trained_tensors(model):
         for wrapper in wrappers:
             tensors[f"{wrapper.target_path}/lora_a"] = wrapper.lora_a
             tensors[f"{wrapper.target_path}/lora_b"] = wrapper.lora_b
+        # Weights trained beside the adapters (e.g. a classification head).
+        in_adapters = {id(v) for v in tensors.values()}
+        for variable in model.trainable_variables:
+            if id(variable) not in in_adapters:
+                tensors[variable.path] = variable
         return tensors
     return {variable.path: variable for variable in model.trainable_variables}
+
+
+def _pin_target_paths(recipe_config, target_paths, ranks):
+    """The recipe config with exact LoRA targets, in its nested `base` recipe if any."""
+    recipe_config = dict(recipe_config)
+    if isinstance(recipe_config.get("base"), dict):
+        recipe_config["base"] = _pin_target_paths(recipe_config["base"], target_paths, ranks)
+    else:
+        recipe_config["targets"] = target_paths
+        recipe_config["rank_pattern"] = ranks
+    return recipe_config
 
 
 def _to_numpy(variable):
@@ -164,7 +180,9 @@ def load_adapter(model, directory):
         directory: a directory written by `save_adapter`.
 
     Returns:
-        The model, changed in place; its outputs equal the saved model's.
+        The model the recipe's `apply` returns: `model` changed in place, or
+        for a recipe that builds a new model around it (`Classifier`), that
+        new model. Its outputs equal the saved model's.
 
     Raises:
         ValueError: if `model` is a different base (naming the config
@@ -177,9 +195,10 @@ def load_adapter(model, directory):
     if config["target_paths"]:
         # Exact paths: the saved adapter lands on the very same layers, even if
         # the original targets were patterns.
-        recipe_config["targets"] = config["target_paths"]
-        recipe_config["rank_pattern"] = config["ranks"]
-    recipe_from_config(recipe_config).apply(model)
+        recipe_config = _pin_target_paths(
+            recipe_config, config["target_paths"], config["ranks"]
+        )
+    model = recipe_from_config(recipe_config).apply(model)
     tensors = load_tensors(pathlib.Path(directory) / WEIGHTS_FILE)
     variables = _trained_tensors(model)
     missing = sorted(set(variables) - set(tensors))

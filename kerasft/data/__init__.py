@@ -34,6 +34,11 @@ from kerasft.data.loaders import (
     write_jsonl,
 )
 from kerasft.data.packing import pack_examples, pack_token_stream, pad_examples
+from kerasft.data.sentiment import (
+    TWEETS_SENTIMENT_CLASS_NAMES,
+    load_tweets_sentiment,
+    text_classification_arrays,
+)
 from kerasft.data.splits import train_validation_split
 from kerasft.data.templates import (
     GemmaTurnTemplate,
