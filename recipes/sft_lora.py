@@ -81,10 +81,11 @@ def evaluate_model(model, held_out, config):
 def train(model, train_records, config):
     cfg, training = config["data"], config["training"]
     recipe = recipe_from_config(config["recipe"])
+    base_parameters = model.backbone.count_params()
     recipe.apply(model)
     trainable = int(sum(keras.ops.size(v) for v in model.trainable_weights))
     print(f"{recipe}: {trainable:,} trainable parameters "
-          f"({100 * trainable / model.backbone.count_params():.2f}% of the model)")
+          f"({100 * trainable / base_parameters:.2f}% of the base model)")
     batches = data.instruction_batches(
         train_records, model.preprocessor.tokenizer, template=cfg["template"],
         sequence_length=cfg["sequence_length"], batch_size=training["batch_size"],
@@ -105,7 +106,7 @@ def train(model, train_records, config):
     seconds = time.perf_counter() - start
     tokens = int(x["padding_mask"].sum()) * training["epochs"]
     print(f"Trained {steps} steps in {seconds:.0f} s ({tokens / seconds:.0f} tokens/s); "
-          f"loss {history.history['loss'][0]:.3f} -> {history.history['loss'][-1]:.3f}")
+          f"mean training loss per epoch: {[round(v, 3) for v in history.history['loss']]}")
     return recipe
 
 
