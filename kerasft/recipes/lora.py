@@ -67,10 +67,18 @@ class LoRA(Recipe):
                 return pattern_rank
         return self.rank
 
+    def wrapper_class(self):
+        """The adapter layer this recipe puts on each target."""
+        return DoRADense if self.use_dora else LoRADense
+
     def apply(self, model):
         find_target_layers(model, self.targets)  # fail before changing anything
+        return self.wrap_targets(model)
+
+    def wrap_targets(self, model):
+        """Freezes `model` and wraps every target with `wrapper_class()`."""
         freeze_all(model)
-        wrapper_class = DoRADense if self.use_dora else LoRADense
+        wrapper_class = self.wrapper_class()
         wrap_layers(
             model,
             self.targets,

@@ -10,9 +10,9 @@ from kerasft.layers.lora import LoRADense
 from kerasft.quantization.quantize_model import model_logits, quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_mode
-from kerasft.recipes.base import freeze_all, mark_applied, register_recipe
+from kerasft.recipes.base import register_recipe
 from kerasft.recipes.lora import LoRA, lora_layers
-from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer, wrap_layers
+from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer
 
 REQUANTIZE_WARNING = (
     "Merging a LoRA adapter into a quantized layer requantizes it "
@@ -107,6 +107,9 @@ class QLoRA(LoRA):
             quantize_targets = [quantize_targets]
         self.quantize_targets = None if quantize_targets is None else list(quantize_targets)
 
+    def wrapper_class(self):
+        return QLoRADense
+
     def apply(self, model):
         find_target_layers(model, self.targets)  # fail before changing anything
         quantize_model(
@@ -116,21 +119,7 @@ class QLoRA(LoRA):
             group_size=self.group_size,
             double_quantize=self.double_quant,
         )
-        freeze_all(model)
-        wrap_layers(
-            model,
-            self.targets,
-            lambda path, layer: QLoRADense(
-                layer,
-                rank=self.rank_for(path),
-                alpha=self.alpha,
-                dropout=self.dropout,
-                use_rslora=self.use_rslora,
-                target_path=path,
-            ),
-        )
-        mark_applied(model, self)
-        return model
+        return self.wrap_targets(model)
 
     @staticmethod
     def merge(model, requantize=False, batch=None):
