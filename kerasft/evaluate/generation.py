@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import keras
 import keras_hub
+import numpy as np
 
 from kerasft.evaluate._progress import Progress
 from kerasft.evaluate.text_metrics import bleu, exact_match, rouge_l, token_f1
@@ -168,3 +169,54 @@ def greedy_generate(
 
 def _to_str(text):
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+
+
+def generate_token_ids(model: keras.Model, inputs: dict, *, stop_token_ids=None) -> dict:
+    """Token ids in, token ids out, with or without a preprocessor attached.
+
+    keras-hub's `Gemma3CausalLM.generate` fails on token inputs when the model
+    has no preprocessor (its text-only outputs carry `images=None`, which the
+    output normalisation cannot concatenate). This calls the model's compiled
+    generate function directly, so Gemma, Gemma 3 and other keras-hub causal
+    LMs behave the same. Generation uses the model's sampler (set it with
+    `model.compile(sampler=...)`) and fills the whole width of `token_ids`.
+
+    Args:
+        model: A keras-hub `CausalLM`.
+        inputs: `{"token_ids": (batch, length) ints, "padding_mask": (batch,
+            length) bools}`, prompts left-aligned and padded to the length to
+            generate up to. Without `padding_mask`, non-zero ids are the prompt.
+        stop_token_ids: Token ids that end a row, or None to fill every row.
+
+    Returns:
+        `{"token_ids", "padding_mask"}` as numpy arrays; the mask is False after
+        a row's stop token.
+    """
+    if not isinstance(inputs, dict) or "token_ids" not in inputs:
+        raise ValueError(
+            "`inputs` must be a dict with 'token_ids' (and optionally "
+            f"'padding_mask'). Received: inputs={type(inputs).__name__}"
+        )
+    token_ids = np.asarray(keras.ops.convert_to_numpy(inputs["token_ids"]))
+    if token_ids.ndim != 2:
+        raise ValueError(
+            "`inputs['token_ids']` must have shape (batch, length). Received: "
+            f"shape={token_ids.shape}"
+        )
+    padding_mask = inputs.get("padding_mask")
+    padding_mask = token_ids != 0 if padding_mask is None else padding_mask
+    padding_mask = np.asarray(keras.ops.convert_to_numpy(padding_mask)).astype(bool)
+    if stop_token_ids is not None:
+        stop_token_ids = tuple(int(t) for t in stop_token_ids)
+    generate = model.make_generate_function()
+    outputs = generate(
+        {
+            "token_ids": keras.ops.convert_to_tensor(token_ids.astype("int32")),
+            "padding_mask": keras.ops.convert_to_tensor(padding_mask),
+        },
+        stop_token_ids=stop_token_ids,
+    )
+    return {
+        key: np.asarray(keras.ops.convert_to_numpy(outputs[key]))
+        for key in ("token_ids", "padding_mask")
+    }

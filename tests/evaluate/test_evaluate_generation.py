@@ -10,6 +10,7 @@ from kerasft.evaluate import (
     bleu,
     exact_match,
     generate_and_score,
+    generate_token_ids,
     greedy_generate,
     rouge_l,
     token_f1,
@@ -172,3 +173,44 @@ def test_bad_arguments(causal_lm):
             ["a"],
             ["a"],
         )
+
+
+@pytest.mark.parametrize("kind", ["gemma", "gemma3"])
+def test_generate_token_ids_without_a_preprocessor_is_greedy_decoding(kind):
+    from kerasft import testing
+
+    model = testing.tiny_causal_lm(kind)
+    model.compile(sampler="greedy")
+    prompt = {
+        "token_ids": np.array([[2, 5, 6, 7, 0, 0, 0], [2, 9, 0, 0, 0, 0, 0]], "int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]], bool),
+    }
+    out = generate_token_ids(model, prompt)
+    tokens = out["token_ids"]
+    assert out["padding_mask"].all()
+    np.testing.assert_array_equal(tokens[0, :4], [2, 5, 6, 7])
+    np.testing.assert_array_equal(tokens[1, :2], [2, 9])
+    # Each generated token is the argmax of the model on the tokens before it.
+    for row, start in ((0, 4), (1, 2)):
+        for position in range(start, 7):
+            context = {
+                "token_ids": tokens[row : row + 1, :position],
+                "padding_mask": np.ones((1, position), bool),
+            }
+            logits = keras.ops.convert_to_numpy(model(context))[0, -1]
+            assert tokens[row, position] == int(np.argmax(logits)), (row, position)
+
+    stop = int(tokens[0, 4])  # the first generated token ends row 0 at once
+    stopped = generate_token_ids(model, prompt, stop_token_ids=[stop])
+    np.testing.assert_array_equal(stopped["token_ids"][0, :5], tokens[0, :5])
+    np.testing.assert_array_equal(stopped["padding_mask"][0], [1, 1, 1, 1, 1, 0, 0])
+
+
+def test_generate_token_ids_rejects_text_and_one_dimensional_ids():
+    from kerasft import testing
+
+    model = testing.tiny_causal_lm("gemma")
+    with pytest.raises(ValueError, match="Received: inputs=str"):
+        generate_token_ids(model, "hello")
+    with pytest.raises(ValueError, match=r"shape=\(3,\)"):
+        generate_token_ids(model, {"token_ids": np.array([2, 5, 6])})
