@@ -6,6 +6,7 @@ import pathlib
 import keras
 
 from kerasft import losses, optimizers
+from kerasft.recipes import precision
 
 _REGISTRY = {}
 
@@ -107,6 +108,7 @@ class Recipe:
         weight_decay=0.01,
         gradient_accumulation_steps=1,
         clipnorm=1.0,
+        loss_scale="auto",
         **overrides,
     ):
         """Compiles `model` for a plain `model.fit()`.
@@ -123,6 +125,10 @@ class Recipe:
                 `keras.Model.fit`), which scales the sample weights so that the
                 loss is the mean over the trained tokens of the whole step.
             clipnorm: per-gradient norm clipping (`None` disables it).
+            loss_scale: `"auto"` wraps the optimizer in a
+                `keras.optimizers.LossScaleOptimizer` when any layer computes
+                in float16 (Keras itself looks only at the outer model's
+                policy); True always, False never.
             **overrides: passed to `model.compile` (`optimizer`, `loss`,
                 `weighted_metrics`, `sampler`, `jit_compile`, ...), replacing
                 the defaults.
@@ -144,6 +150,7 @@ class Recipe:
             "loss", losses.causal_lm_loss(token_mean=gradient_accumulation_steps == 1)
         )
         optimizer = optimizers.drop_unused_weight_decay(optimizer, model.trainable_variables)
+        optimizer = precision.loss_scale_optimizer(model, optimizer, loss_scale)
         overrides.setdefault("weighted_metrics", losses.causal_lm_metrics())
         model.compile(optimizer=optimizer, **overrides)
         return model
