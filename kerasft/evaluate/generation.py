@@ -109,7 +109,8 @@ def generate_and_score(
     }
 
 
-# model -> (its GreedySampler, the generate function compiled with it).
+# model -> (its variables' signature, its GreedySampler, the generate function
+# compiled with them).
 _GREEDY = weakref.WeakKeyDictionary()
 
 
@@ -143,9 +144,13 @@ def greedy_generate(
     # user's optimizer, loss and metrics alone. The greedy sampler and the
     # generate function compiled with it are kept per model, so a second
     # evaluation (e.g. after every epoch) does not compile again.
-    model.sampler, model.generate_function = _GREEDY.get(
-        model, (keras_hub.samplers.GreedySampler(), None)
-    )
+    # A recipe applied since the last call changes the model's variables;
+    # the cached function is then dropped rather than trusted to retrace.
+    signature = _variables_signature(model)
+    cached_signature, sampler, function = _GREEDY.get(model, (None, None, None))
+    if cached_signature != signature:
+        sampler, function = keras_hub.samplers.GreedySampler(), None
+    model.sampler, model.generate_function = sampler, function
     bar = Progress(len(prompts), progress, unit_name="prompt")
     outputs = []
     try:
@@ -160,11 +165,19 @@ def greedy_generate(
             )
             outputs.extend(_to_str(text) for text in generated[: len(batch)])
             bar.update(len(batch))
-        _GREEDY[model] = (model.sampler, model.generate_function)
+        _GREEDY[model] = (signature, model.sampler, model.generate_function)
     finally:
         model.sampler = saved_sampler
         model.generate_function = saved_generate_function
     return outputs
+
+
+def _variables_signature(model):
+    """Which variables, trainable or not, the model holds (identity, not values)."""
+    return (
+        tuple(id(v) for v in model.trainable_variables),
+        tuple(id(v) for v in model.non_trainable_variables),
+    )
 
 
 def _to_str(text):

@@ -57,6 +57,10 @@ def _tiny_tokenizer():
 
 @pytest.fixture(scope="module")
 def causal_lm():
+    return _tiny_causal_lm()
+
+
+def _tiny_causal_lm():
     tokenizer = _tiny_tokenizer()
     preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
         tokenizer, sequence_length=SEQUENCE_LENGTH
@@ -160,6 +164,21 @@ def test_the_model_sampler_is_restored(causal_lm):
     finally:
         causal_lm.sampler = keras_hub.samplers.GreedySampler()
         causal_lm.generate_function = None
+
+
+def test_a_recipe_applied_between_calls_is_generated_from():
+    from kerasft.evaluate import generation
+    from kerasft.recipes import LoRA
+
+    model = _tiny_causal_lm()
+    before = greedy_generate(model, PROMPTS, max_length=SEQUENCE_LENGTH)
+    LoRA(rank=2, alpha=4, targets=("query", "value", "ffw_linear")).apply(model)
+    for variable in model.trainable_weights:
+        variable.assign(keras.random.normal(variable.shape, seed=4))
+    after = greedy_generate(model, PROMPTS, max_length=SEQUENCE_LENGTH)
+    assert after != before
+    generation._GREEDY.pop(model)
+    assert greedy_generate(model, PROMPTS, max_length=SEQUENCE_LENGTH) == after
 
 
 def test_bad_arguments(causal_lm):
