@@ -7,32 +7,18 @@ and `m` is a trainable vector over the fan-out axes, initialised to `||W||`
 so that the wrapped model's output is unchanged at first.
 """
 
-import math
-
 import keras
 from keras import ops
 
-from kerasft.layers.einsum_axes import kernel_axes
-from kerasft.layers.lora import adapter_dtype_policy, validate_lora_arguments
-from kerasft.layers.wrapper import AdapterWrapper
+from kerasft.layers.lora import (
+    LowRankAdapter,
+    assign_float_kernel,
+    float_kernel,
+    validate_lora_arguments,
+)
 
 # A zero column has a zero norm; dividing by this instead keeps it at zero.
 _MIN_NORM = 1e-12
-
-
-def float_kernel(layer):
-    """The wrapped layer's kernel as a float32 tensor (dequantized if needed)."""
-    if hasattr(layer, "dequantized_kernel"):
-        return ops.cast(layer.dequantized_kernel(), "float32")
-    return ops.cast(layer._kernel, "float32")
-
-
-def assign_float_kernel(layer, kernel):
-    """Writes a float32 kernel into the layer (re-quantizing a quantized one)."""
-    if hasattr(layer, "requantize"):
-        layer.requantize(kernel)
-        return
-    layer._kernel.assign(ops.cast(kernel, layer._kernel.dtype))
 
 
 def scale_axes(tensor, letters, vector, vector_letters):
@@ -58,7 +44,7 @@ def check_linear_activation(layer, method):
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
-class DoRADense(AdapterWrapper):
+class DoRADense(LowRankAdapter):
     """Weight-decomposed low-rank adaptation of a dense layer.
 
     Computes `x @ (m * V / ||V||) + bias` with `V = W + scale * A @ B`, where
@@ -88,7 +74,7 @@ class DoRADense(AdapterWrapper):
         **kwargs: base `Layer` arguments (`name`, ...).
     """
 
-    mergeable = True
+    name_suffix = "dora"
 
     def __init__(
         self,
@@ -102,39 +88,15 @@ class DoRADense(AdapterWrapper):
     ):
         validate_lora_arguments(rank, alpha, dropout)
         check_linear_activation(layer, "DoRA")
-        kwargs.setdefault("name", f"{layer.name}_dora")
-        kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
-        super().__init__(layer, target_path=target_path, **kwargs)
-        self.rank = rank
-        self.alpha = float(alpha)
-        self.dropout = float(dropout)
-        self.use_rslora = bool(use_rslora)
-        self.axes = kernel_axes(layer)
-        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
-
-    @property
-    def scale(self):
-        """The factor applied to `A @ B`: alpha/rank, or alpha/sqrt(rank)."""
-        if self.use_rslora:
-            return self.alpha / math.sqrt(self.rank)
-        return self.alpha / self.rank
+        super().__init__(
+            layer, rank=rank, alpha=alpha, dropout=dropout, use_rslora=use_rslora,
+            target_path=target_path, **kwargs,
+        )
 
     def build(self, input_shape=None):
         axes = self.axes
-        self.lora_a = self.add_weight(
-            name="lora_a",
-            shape=axes.shape_of(axes.fan_in_letters) + (self.rank,),
-            initializer=keras.initializers.RandomUniform(
-                -1.0 / math.sqrt(axes.fan_in), 1.0 / math.sqrt(axes.fan_in)
-            ),
-            autocast=False,
-        )
-        self.lora_b = self.add_weight(
-            name="lora_b",
-            shape=(self.rank,) + axes.shape_of(axes.fan_out_letters),
-            initializer="zeros",
-            autocast=False,
-        )
+        # The norm of V wants A and B in float32; `call` casts them itself.
+        self.build_low_rank_factors(autocast=False)
         self.magnitude = self.add_weight(
             name="magnitude",
             shape=axes.shape_of(axes.fan_out_letters),
@@ -159,12 +121,6 @@ class DoRADense(AdapterWrapper):
         or outside `call`) makes `m / ||W||` exactly 1 at initialisation.
         """
         return ops.cast(ops.cast(float_kernel(self.layer), self.layer.compute_dtype), "float32")
-
-    def delta_kernel(self):
-        """`scale * A @ B` in the wrapped kernel's shape, in float32."""
-        a = ops.cast(self.lora_a, "float32")
-        b = ops.cast(self.lora_b, "float32")
-        return self.scale * ops.einsum(self.axes.delta_equation, a, b)
 
     def magnitude_factor(self):
         """`m / ||W + scale * A @ B||` per output feature, in float32."""
@@ -214,15 +170,3 @@ class DoRADense(AdapterWrapper):
         assign_float_kernel(self.layer, self.merged_kernel())
         self.merged = True
         return True
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "rank": self.rank,
-                "alpha": self.alpha,
-                "dropout": self.dropout,
-                "use_rslora": self.use_rslora,
-            }
-        )
-        return config

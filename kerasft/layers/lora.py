@@ -33,8 +33,100 @@ def validate_lora_arguments(rank, alpha, dropout):
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
 
 
+def float_kernel(layer):
+    """The wrapped layer's kernel as a float32 tensor (dequantized if needed)."""
+    if hasattr(layer, "dequantized_kernel"):
+        return ops.cast(layer.dequantized_kernel(), "float32")
+    return ops.cast(layer._kernel, "float32")
+
+
+def assign_float_kernel(layer, kernel):
+    """Writes a float32 kernel into the layer (re-quantizing a quantized one)."""
+    if hasattr(layer, "requantize"):
+        layer.requantize(kernel)
+        return
+    layer._kernel.assign(ops.cast(kernel, layer._kernel.dtype))
+
+
+class LowRankAdapter(AdapterWrapper):
+    """What LoRA and DoRA share: the hyper-parameters, the scale and the A/B factors.
+
+    Subclasses set `name_suffix`, call `build_low_rank_factors()` from
+    `build` and define `call` and `merge`.
+    """
+
+    name_suffix = "adapter"
+    mergeable = True
+
+    def __init__(
+        self,
+        layer,
+        rank=8,
+        alpha=16.0,
+        dropout=0.0,
+        use_rslora=False,
+        target_path=None,
+        **kwargs,
+    ):
+        validate_lora_arguments(rank, alpha, dropout)
+        kwargs.setdefault("name", f"{layer.name}_{self.name_suffix}")
+        kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
+        super().__init__(layer, target_path=target_path, **kwargs)
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.use_rslora = bool(use_rslora)
+        self.axes = kernel_axes(layer)
+        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    @property
+    def scale(self):
+        """The factor applied to `B @ A`: alpha/rank, or alpha/sqrt(rank)."""
+        if self.use_rslora:
+            return self.alpha / math.sqrt(self.rank)
+        return self.alpha / self.rank
+
+    def build_low_rank_factors(self, autocast=True):
+        """Creates `lora_a` (fan-in axes x rank) and `lora_b` (rank x fan-out axes, zeros)."""
+        axes = self.axes
+        # Uniform in +-1/sqrt(fan_in), the Kaiming-uniform(a=sqrt(5)) init of
+        # the reference LoRA implementations.
+        self.lora_a = self.add_weight(
+            name="lora_a",
+            shape=axes.shape_of(axes.fan_in_letters) + (self.rank,),
+            initializer=keras.initializers.RandomUniform(
+                -1.0 / math.sqrt(axes.fan_in), 1.0 / math.sqrt(axes.fan_in)
+            ),
+            autocast=autocast,
+        )
+        self.lora_b = self.add_weight(
+            name="lora_b",
+            shape=(self.rank,) + axes.shape_of(axes.fan_out_letters),
+            initializer="zeros",
+            autocast=autocast,
+        )
+
+    def delta_kernel(self):
+        """`scale * A @ B` in the wrapped kernel's shape, in float32."""
+        a = ops.cast(self.lora_a, "float32")
+        b = ops.cast(self.lora_b, "float32")
+        return self.scale * ops.einsum(self.axes.delta_equation, a, b)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "dropout": self.dropout,
+                "use_rslora": self.use_rslora,
+            }
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="kerasft")
-class LoRADense(AdapterWrapper):
+class LoRADense(LowRankAdapter):
     """Adds a trainable low-rank update `scale * B(A(dropout(x)))` to a dense layer.
 
     The wrapped layer keeps its kernel and is frozen (`trainable=False`). `A` maps the kernel's fan-in
@@ -56,52 +148,10 @@ class LoRADense(AdapterWrapper):
         **kwargs: base `Layer` arguments (`name`, ...).
     """
 
-    def __init__(
-        self,
-        layer,
-        rank=8,
-        alpha=16.0,
-        dropout=0.0,
-        use_rslora=False,
-        target_path=None,
-        **kwargs,
-    ):
-        validate_lora_arguments(rank, alpha, dropout)
-        kwargs.setdefault("name", f"{layer.name}_lora")
-        kwargs.setdefault("dtype", adapter_dtype_policy(layer.compute_dtype))
-        super().__init__(layer, target_path=target_path, **kwargs)
-        self.rank = rank
-        self.alpha = float(alpha)
-        self.dropout = float(dropout)
-        self.use_rslora = bool(use_rslora)
-        self.axes = kernel_axes(layer)
-        self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
-
-    mergeable = True
-
-    @property
-    def scale(self):
-        """The factor applied to `B @ A`: alpha/rank, or alpha/sqrt(rank)."""
-        if self.use_rslora:
-            return self.alpha / math.sqrt(self.rank)
-        return self.alpha / self.rank
+    name_suffix = "lora"
 
     def build(self, input_shape=None):
-        axes = self.axes
-        # Uniform in +-1/sqrt(fan_in), the Kaiming-uniform(a=sqrt(5)) init of
-        # the reference LoRA implementations.
-        self.lora_a = self.add_weight(
-            name="lora_a",
-            shape=axes.shape_of(axes.fan_in_letters) + (self.rank,),
-            initializer=keras.initializers.RandomUniform(
-                -1.0 / math.sqrt(axes.fan_in), 1.0 / math.sqrt(axes.fan_in)
-            ),
-        )
-        self.lora_b = self.add_weight(
-            name="lora_b",
-            shape=(self.rank,) + axes.shape_of(axes.fan_out_letters),
-            initializer="zeros",
-        )
+        self.build_low_rank_factors()
         self.built = True
 
     def call(self, inputs, training=None):
@@ -114,12 +164,6 @@ class LoRADense(AdapterWrapper):
         hidden = ops.einsum(self.axes.down_equation, hidden, self.lora_a)
         update = ops.einsum(self.axes.up_equation, hidden, self.lora_b)
         return outputs + ops.cast(self.scale, update.dtype) * update
-
-    def delta_kernel(self):
-        """`scale * A @ B` in the wrapped kernel's shape, in float32."""
-        a = ops.cast(self.lora_a, "float32")
-        b = ops.cast(self.lora_b, "float32")
-        return self.scale * ops.einsum(self.axes.delta_equation, a, b)
 
     def merge(self):
         """Folds the update into the wrapped kernel. A no-op if already merged.
@@ -142,22 +186,4 @@ class LoRADense(AdapterWrapper):
         return True
 
     def _add_to_kernel(self, delta):
-        layer = self.layer
-        if hasattr(layer, "requantize"):
-            layer.requantize(ops.cast(layer.dequantized_kernel(), "float32") + delta)
-            return
-        kernel = layer._kernel
-        summed = ops.cast(kernel, "float32") + delta
-        kernel.assign(ops.cast(summed, kernel.dtype))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "rank": self.rank,
-                "alpha": self.alpha,
-                "dropout": self.dropout,
-                "use_rslora": self.use_rslora,
-            }
-        )
-        return config
+        assign_float_kernel(self.layer, float_kernel(self.layer) + delta)
