@@ -12,39 +12,21 @@ onto a fresh base gives the same probabilities.
 Every setting lives in the config file; `--set section.key=value` overrides one.
 """
 
-import argparse
 import json
 import pathlib
+import sys
 import time
 
 import keras
 import numpy as np
-import yaml
 
-import kerasft
-from kerasft import data, evaluate
-from kerasft.models import gemma3_from_gguf
-from kerasft.recipes.base import read_config_file, recipe_from_config
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from sft_lora import load_config, parse_args  # noqa: E402  (the shared config parsing)
 
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="recipes/configs/classifier.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value (YAML syntax), e.g. --set training.epochs=2")
-    return parser.parse_args()
-
-
-def load_config(args):
-    config = read_config_file(args.config)
-    for override in args.set:
-        dotted, _, value = override.partition("=")
-        *sections, key = dotted.split(".")
-        node = config
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = yaml.safe_load(value)
-    return config
+import kerasft  # noqa: E402
+from kerasft import data, evaluate  # noqa: E402
+from kerasft.models import gemma3_from_gguf  # noqa: E402
+from kerasft.recipes.base import recipe_from_config  # noqa: E402
 
 
 def subset(records, size, seed):
@@ -91,7 +73,7 @@ def train(causal_lm, x, y, config):
 
 
 def main():
-    config = load_config(parse_args())
+    config = load_config(parse_args("recipes/configs/classifier.yaml", __doc__))
     causal_lm, ((x, y), (x_eval, y_eval)) = setup(config)
     model = train(causal_lm, x, y, config)
     probabilities = model.predict(x_eval, batch_size=2 * config["training"]["batch_size"], verbose=0)

@@ -38,10 +38,9 @@ def held_out_perplexity(model, config):
 
 
 def main():
-    args = sft_lora.parse_args()
-    if args.config == "recipes/configs/sft_lora.yaml":
-        args.config = "recipes/configs/continued_pretraining.yaml"
-    config = sft_lora.load_config(args)
+    config = sft_lora.load_config(
+        sft_lora.parse_args("recipes/configs/continued_pretraining.yaml", __doc__)
+    )
     keras.utils.set_random_seed(config["seed"])
     model = gemma3_from_gguf(dtype=config["model"].get("dtype"))
     before = held_out_perplexity(model, config)

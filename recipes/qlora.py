@@ -8,30 +8,31 @@ print the largest logit change the merge caused.
     python recipes/qlora.py --set recipe.quantization=int4 --set training.epochs=2
 """
 
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import kerasft  # noqa: E402
 from kerasft import data  # noqa: E402
 from kerasft.recipes import QLoRA  # noqa: E402
-from sft_lora import evaluate_model, load_config, parse_args, report, setup, train  # noqa: E402
+from sft_lora import (  # noqa: E402
+    evaluate_model,
+    load_config,
+    parse_args,
+    report,
+    save_results,
+    setup,
+    train,
+)
 
 
 def main():
-    sys.argv += [] if "--config" in sys.argv else ["--config", "recipes/configs/qlora.yaml"]
-    config = load_config(parse_args())
+    config = load_config(parse_args("recipes/configs/qlora.yaml", __doc__))
     model, train_records, held_out = setup(config)
     before = evaluate_model(model, held_out, config)
     train(model, train_records, config)  # QLoRA.apply quantizes, then wraps
     after = evaluate_model(model, held_out, config)
-    output_dir = pathlib.Path(config["output_dir"])
-    kerasft.save_adapter(model, output_dir / "adapter")
-    summary = {k: {"before": before[k], "after": after[k]}
-               for k in ("perplexity", "exact_match", "token_f1", "bleu", "rouge_l")}
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    output_dir = save_results(model, before, after, config)
     report(before, after, held_out, config)
 
     cfg = config["data"]

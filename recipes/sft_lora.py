@@ -24,9 +24,11 @@ from kerasft.models import gemma3_from_gguf
 from kerasft.recipes.base import read_config_file, recipe_from_config
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="recipes/configs/sft_lora.yaml")
+def parse_args(default_config="recipes/configs/sft_lora.yaml", description=__doc__):
+    """`--config PATH` and repeated `--set section.key=value`; the recipe
+    scripts share it, each with its own default config."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--config", default=default_config)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (YAML syntax), e.g. --set training.epochs=2")
     return parser.parse_args()
@@ -124,17 +126,23 @@ def report(before, after, held_out, config):
               f"    before:    {old.strip()[:120]!r}\n    after:     {new.strip()[:120]!r}")
 
 
+def save_results(model, before, after, config):
+    """Saves the adapter and the before/after metrics under `output_dir`, which it returns."""
+    output_dir = pathlib.Path(config["output_dir"])
+    kerasft.save_adapter(model, output_dir / "adapter")
+    summary = {k: {"before": before[k], "after": after[k]}
+               for k in ("perplexity", "exact_match", "token_f1", "bleu", "rouge_l")}
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return output_dir
+
+
 def main():
     config = load_config(parse_args())
     model, train_records, held_out = setup(config)
     before = evaluate_model(model, held_out, config)
     train(model, train_records, config)
     after = evaluate_model(model, held_out, config)
-    output_dir = pathlib.Path(config["output_dir"])
-    kerasft.save_adapter(model, output_dir / "adapter")
-    summary = {k: {"before": before[k], "after": after[k]}
-               for k in ("perplexity", "exact_match", "token_f1", "bleu", "rouge_l")}
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    output_dir = save_results(model, before, after, config)
     report(before, after, held_out, config)
     print(f"\nAdapter saved to {output_dir / 'adapter'}; metrics in {output_dir / 'metrics.json'}")
 
