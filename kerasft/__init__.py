@@ -6,6 +6,7 @@ from kerasft import recipes  # noqa: E402
 from kerasft.adapters import load_adapter, merge_adapters, save_adapter  # noqa: E402
 from kerasft.callbacks import TrainingCheckpoint  # noqa: E402
 from kerasft.pretokenized import pretokenized  # noqa: E402
+from kerasft.quantization.quantize_model import quantize_model as quantize  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -15,4 +16,5 @@ __all__ = [
     "merge_adapters",
     "TrainingCheckpoint",
     "pretokenized",
+    "quantize",
 ]

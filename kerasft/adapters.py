@@ -198,7 +198,7 @@ def load_adapter(model, directory):
         recipe_config = _pin_target_paths(
             recipe_config, config["target_paths"], config["ranks"]
         )
-    model = recipe_from_config(recipe_config).apply(model)
+    model = recipe_from_config(recipe_config).apply_for_loading(model)
     tensors = load_tensors(pathlib.Path(directory) / WEIGHTS_FILE)
     variables = _trained_tensors(model)
     missing = sorted(set(variables) - set(tensors))

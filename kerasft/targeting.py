@@ -143,6 +143,40 @@ def replace_layer(model, old, new):
     return parent
 
 
+def replace_in_graphs(model, old, new):
+    """Points every functional graph inside `model` that calls `old` at `new`.
+
+    A functional model (a keras-hub backbone, a task built on it) calls its
+    layers through the nodes recorded when it was built, not through
+    attributes, so `replace_layer` alone does not reroute it.
+
+    Returns:
+        The number of graph nodes changed.
+    """
+    changed = 0
+    for layer in model._flatten_layers(include_self=True):
+        if not hasattr(layer, "_nodes_by_depth"):
+            continue
+        for nodes in layer._nodes_by_depth.values():
+            for node in nodes:
+                if node.operation is old:
+                    node.operation = new
+                    changed += 1
+        tracker = getattr(layer, "_tracker", None)
+        if tracker is not None and tracker.is_in_store("layers", old):
+            was_locked = tracker.locked
+            tracker.unlock()
+            try:
+                tracker.replace_tracked_value("layers", old, new)
+            finally:
+                if was_locked:
+                    tracker.lock()
+        layer._operations = [new if op is old else op for op in layer._operations]
+        for depth, operations in layer._operations_by_depth.items():
+            layer._operations_by_depth[depth] = [new if op is old else op for op in operations]
+    return changed
+
+
 def refresh_after_surgery(model):
     """Resets cached train/predict/generate functions and torch parameter lists.
 

@@ -12,11 +12,13 @@ import keras_hub
 TINY_VOCABULARY_SIZE = 97
 
 
-def tiny_gemma_backbone(num_layers=2, dtype=None, seed=0):
+def tiny_gemma_backbone(
+    num_layers=2, dtype=None, seed=0, vocabulary_size=TINY_VOCABULARY_SIZE
+):
     """A two-block `GemmaBackbone` (Gemma 1 layout) with random weights."""
     keras.utils.set_random_seed(seed)
     return keras_hub.models.GemmaBackbone(
-        vocabulary_size=TINY_VOCABULARY_SIZE,
+        vocabulary_size=vocabulary_size,
         num_layers=num_layers,
         num_query_heads=2,
         num_key_value_heads=1,
@@ -27,14 +29,16 @@ def tiny_gemma_backbone(num_layers=2, dtype=None, seed=0):
     )
 
 
-def tiny_gemma3_backbone(num_layers=2, dtype=None, seed=0):
+def tiny_gemma3_backbone(
+    num_layers=2, dtype=None, seed=0, vocabulary_size=TINY_VOCABULARY_SIZE
+):
     """A two-block text-only `Gemma3Backbone` with random weights.
 
     Uses query/key norms and sliding-window attention like the real Gemma 3.
     """
     keras.utils.set_random_seed(seed)
     return keras_hub.models.Gemma3Backbone(
-        vocabulary_size=TINY_VOCABULARY_SIZE,
+        vocabulary_size=vocabulary_size,
         image_size=16,
         num_layers=num_layers,
         num_query_heads=2,
@@ -51,17 +55,21 @@ def tiny_gemma3_backbone(num_layers=2, dtype=None, seed=0):
     )
 
 
-def tiny_causal_lm(kind="gemma3", num_layers=2, dtype=None, seed=0):
+def tiny_causal_lm(
+    kind="gemma3", num_layers=2, dtype=None, seed=0, vocabulary_size=TINY_VOCABULARY_SIZE
+):
     """A tiny `GemmaCausalLM` (`kind="gemma"`) or `Gemma3CausalLM` (`"gemma3"`).
 
     The model has no preprocessor: feed it
-    `{"token_ids": ..., "padding_mask": ...}` batches directly.
+    `{"token_ids": ..., "padding_mask": ...}` batches directly (or attach one
+    whose tokenizer fits `vocabulary_size`, e.g.
+    `kerasft.data.testing_tokenizer.tiny_gemma_tokenizer()` with 512).
     """
     if kind == "gemma":
-        backbone = tiny_gemma_backbone(num_layers, dtype=dtype, seed=seed)
+        backbone = tiny_gemma_backbone(num_layers, dtype, seed, vocabulary_size)
         return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
     if kind == "gemma3":
-        backbone = tiny_gemma3_backbone(num_layers, dtype=dtype, seed=seed)
+        backbone = tiny_gemma3_backbone(num_layers, dtype, seed, vocabulary_size)
         return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
     raise ValueError(f"`kind` must be 'gemma' or 'gemma3'. Received: kind={kind!r}")
 

@@ -13,6 +13,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+import numpy as np  # noqa: E402
+
 from kerasft import data  # noqa: E402
 from kerasft.recipes import QLoRA  # noqa: E402
 from sft_lora import (  # noqa: E402
@@ -28,14 +30,35 @@ from sft_lora import (  # noqa: E402
 
 def main():
     config = load_config(parse_args("recipes/configs/qlora.yaml", __doc__))
+    cfg = config["data"]
     model, train_records, held_out = setup(config)
     before = evaluate_model(model, held_out, config)
-    train(model, train_records, config)  # QLoRA.apply quantizes, then wraps
+    apply_kwargs = {}
+    calibration_examples = config["recipe"].get("init") == "residual" and cfg.get(
+        "calibration_examples"
+    )
+    if calibration_examples:
+        # Training examples (prompt + response), never held-out words.
+        x, _, _ = data.instruction_batches(
+            train_records[:calibration_examples], model.preprocessor.tokenizer,
+            template=cfg["template"], sequence_length=cfg["sequence_length"],
+            batch_size=16, shuffle=False, truncate="response",
+        ).as_arrays()
+        apply_kwargs["calibration_data"] = [
+            {k: v[i : i + 16] for k, v in x.items()} for i in range(0, len(x["token_ids"]), 16)
+        ]
+    # QLoRA.apply quantizes, wraps, and starts the adapters from the
+    # quantization error (weighted by the calibration activations).
+    recipe = train(model, train_records, config, **apply_kwargs)
+    errors = getattr(recipe, "initialization_report", None)
+    if errors:
+        start, end = np.mean(list(errors.values()), axis=0)
+        print(f"The adapters started from the quantization error: mean relative output "
+              f"error of the {len(errors)} quantized targets {start:.3f} -> {end:.3f}")
     after = evaluate_model(model, held_out, config)
     output_dir = save_results(model, before, after, config)
     report(before, after, held_out, config)
 
-    cfg = config["data"]
     x, _, _ = data.instruction_batches(
         held_out[:8], model.preprocessor.tokenizer, template=cfg["template"],
         sequence_length=cfg["sequence_length"], batch_size=8, shuffle=False,

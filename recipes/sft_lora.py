@@ -80,11 +80,12 @@ def evaluate_model(model, held_out, config):
     }
 
 
-def train(model, train_records, config):
+def train(model, train_records, config, **apply_kwargs):
+    """Applies the config's recipe (with `apply_kwargs`) and fits it on `train_records`."""
     cfg, training = config["data"], config["training"]
     recipe = recipe_from_config(config["recipe"])
     base_parameters = model.backbone.count_params()
-    recipe.apply(model)
+    recipe.apply(model, **apply_kwargs)
     trainable = int(sum(keras.ops.size(v) for v in model.trainable_weights))
     print(f"{recipe}: {trainable:,} trainable parameters "
           f"({100 * trainable / base_parameters:.2f}% of the base model)")

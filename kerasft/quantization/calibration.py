@@ -52,6 +52,73 @@ def calibration_inputs(batch):
     return {"token_ids": token_ids.astype("int32"), "padding_mask": mask}
 
 
+def calibration_batches(model, calibration_data, batch_size=8):
+    """Turns user calibration data into a list of `{"token_ids", "padding_mask"}` batches.
+
+    Args:
+        model: the model; its `preprocessor` tokenises strings.
+        calibration_data: a list (or any iterable) of strings, tokenised with
+            `model.preprocessor` in batches of `batch_size`; or an iterable of
+            token batches (see `calibration_inputs`), used as they are.
+        batch_size: strings per batch; each is padded or cut to the
+            preprocessor's `sequence_length`.
+
+    Returns:
+        A non-empty list of input dicts.
+
+    Raises:
+        ValueError: if `calibration_data` is None, empty, mixes strings with
+            other items, or holds strings while `model` has no preprocessor.
+    """
+    if calibration_data is None or isinstance(calibration_data, (str, bytes, dict)):
+        raise ValueError(
+            "`calibration_data` must be a list of strings or an iterable of token-id "
+            f"batches. Received: calibration_data={calibration_data!r:.200}"
+        )
+    items = list(calibration_data)
+    if not items:
+        raise ValueError(
+            "`calibration_data` must not be empty. Received: calibration_data=[]"
+        )
+    strings = [isinstance(item, str) for item in items]
+    if not any(strings):
+        return [calibration_inputs(item) for item in items]
+    if not all(strings):
+        raise ValueError(
+            "`calibration_data` must be all strings or all token batches. Received: "
+            f"{sum(strings)} strings and {len(items) - sum(strings)} other items"
+        )
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None:
+        raise ValueError(
+            "String `calibration_data` is tokenised with `model.preprocessor`, and "
+            "this model has none. Received: model.preprocessor=None; pass token-id "
+            "batches instead"
+        )
+    return [
+        _tokenize(preprocessor, items[start : start + batch_size])
+        for start in range(0, len(items), batch_size)
+    ]
+
+
+def _tokenize(preprocessor, texts):
+    """Packs texts like a causal-LM preprocessor: start/end tokens, padded to its length."""
+    tokenizer = preprocessor.tokenizer
+    length = preprocessor.sequence_length
+    token_ids = np.full((len(texts), length), tokenizer.pad_token_id, dtype="int32")
+    mask = np.zeros((len(texts), length), dtype=bool)
+    for row, text in enumerate(texts):
+        ids = [int(i) for i in ops.convert_to_numpy(tokenizer(text))]
+        if getattr(preprocessor, "add_start_token", True):
+            ids = [tokenizer.start_token_id] + ids
+        if getattr(preprocessor, "add_end_token", True):
+            ids = ids + [tokenizer.end_token_id]
+        ids = ids[:length]
+        token_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = True
+    return {"token_ids": token_ids, "padding_mask": mask}
+
+
 def layer_equation(layer):
     """The einsum equation of a Dense / EinsumDense / quantized layer."""
     equation = getattr(layer, "equation", None)

@@ -21,10 +21,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasft.quantization.calibration import collect_hessians, relative_output_error
+from kerasft.quantization.calibration import (
+    calibration_batches,
+    collect_hessians,
+    relative_output_error,
+)
 from kerasft.quantization.clipping import search_clip_ratios
 from kerasft.quantization.gptq import gptq_quantize_matrix
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
+from kerasft.quantization.quantized_embedding import QuantizedEmbedding
 from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
 
 METHODS = ("rtn", "clip", "gptq", "clip+gptq")
@@ -205,6 +210,7 @@ def quantize_model(
     double_quantize=False,
     scale_dtype="float32",
     damp=0.01,
+    embedding=False,
 ):
     """Quantizes the dense layers of a keras-hub causal LM's decoder blocks, in place.
 
@@ -218,14 +224,18 @@ def quantize_model(
         group_size: `"auto"` (per channel for int8, 64 for int4/nf4), None
             (per channel) or an int dividing every targeted layer's
             contracted size.
-        calibration_data: list of token-id batches (dicts with `token_ids`
-            and `padding_mask`, or int arrays); required unless
+        calibration_data: a list of strings (tokenised with the model's
+            preprocessor) or an iterable of token-id batches (dicts with
+            `token_ids` and `padding_mask`, or int arrays); required unless
             `method="rtn"`.
         method: `"rtn"`, `"clip"`, `"gptq"` or `"clip+gptq"`.
         asymmetric: integer modes: zero points per group.
         double_quantize: quantize the scales to int8 in blocks of 256.
         scale_dtype: `"float32"` or `"float16"` scale storage.
         damp: GPTQ diagonal damping (fraction of the mean diagonal).
+        embedding: also quantize the (tied) token embedding table to int8
+            with one scale per row (`QuantizedEmbedding`), whatever `mode`;
+            it serves both the lookup and the output logits.
 
     Returns:
         A list with one dict per quantized layer: `path`, `mode`,
@@ -239,6 +249,8 @@ def quantize_model(
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    if calibration_data is not None:
+        calibration_data = calibration_batches(model, calibration_data)
     if method != "rtn" and not calibration_data:
         raise ValueError(
             f"method={method!r} needs `calibration_data` (a list of token-id batches). "
@@ -246,6 +258,8 @@ def quantize_model(
         )
     if targets is not None:
         targets = [targets] if isinstance(targets, str) else list(targets)
+    if embedding:
+        _check_float_embedding(model)
     blocks = decoder_blocks(model)
     plan = [find_targets(block, targets) for block in blocks]
     all_layers = [layer for block_plan in plan for _, _, layer in block_plan]
@@ -288,9 +302,63 @@ def quantize_model(
                     "output_error": error,
                 }
             )
+    if embedding:
+        report.append(quantize_embedding(model))
     retrack_torch_variables(model)
     _reset_compiled_functions(model)
     return report
+
+
+def _check_float_embedding(model):
+    backbone = getattr(model, "backbone", model)
+    embedding = getattr(backbone, "token_embedding", None)
+    if isinstance(embedding, QuantizedEmbedding):
+        raise ValueError(
+            "The token embedding is already quantized. Received: embedding=True "
+            f"and a token_embedding of type {type(embedding).__name__}"
+        )
+    if not isinstance(embedding, keras.layers.Embedding) or getattr(
+        embedding, "tie_weights", True
+    ) is False:
+        raise ValueError(
+            "embedding=True needs a backbone with a tied `token_embedding`. Received: "
+            f"token_embedding={getattr(embedding, 'name', embedding)!r}"
+        )
+    return embedding
+
+
+def quantize_embedding(model):
+    """Replaces the token embedding of a keras-hub causal LM by an int8 `QuantizedEmbedding`.
+
+    Returns:
+        The report dict of the embedding (see `quantize_model`).
+
+    Raises:
+        ValueError: if the backbone has no tied `token_embedding`.
+    """
+    from kerasft.targeting import replace_in_graphs
+
+    old = _check_float_embedding(model)
+    backbone = getattr(model, "backbone", model)
+    new = QuantizedEmbedding.from_float(old)
+    # keras-hub keeps it as `backbone._token_embedding` behind a property,
+    # and the functional graphs of the backbone and the task call it.
+    tracker = backbone._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        backbone.token_embedding = new
+    finally:
+        if was_locked:
+            tracker.lock()
+    replace_in_graphs(model, old, new)
+    return {
+        "path": new.path,
+        "mode": "int8",
+        "float_bytes": 2 * old.input_dim * old.output_dim,
+        "quantized_bytes": new.quantized_bytes(),
+        "output_error": None,
+    }
 
 
 def model_logits(model, batch):

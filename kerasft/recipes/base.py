@@ -99,6 +99,14 @@ class Recipe:
         """Changes `model` in place for this method and returns it."""
         raise NotImplementedError
 
+    def apply_for_loading(self, model):
+        """`apply` for a base whose trained weights are loaded next (`load_adapter`).
+
+        Recipes whose start is costly or needs data (e.g. `QLoRA` with
+        `init="residual"`) skip it here: the loaded weights replace it.
+        """
+        return self.apply(model)
+
     def compile(
         self,
         model,

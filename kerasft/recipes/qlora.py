@@ -7,9 +7,11 @@ import numpy as np
 from keras import ops
 
 from kerasft.layers.lora import LoRADense
+from kerasft.quantization.calibration import calibration_batches, collect_hessians
 from kerasft.quantization.quantize_model import model_logits, quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_mode
+from kerasft.quantization.residual_init import low_rank_residual, weighted_error
 from kerasft.recipes.base import register_recipe
 from kerasft.recipes.lora import LoRA, lora_layers
 from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer
@@ -62,6 +64,9 @@ def float_layer_from_quantized(layer, kernel):
     return float_layer
 
 
+INITS = ("zeros", "residual")
+
+
 @register_recipe("qlora")
 class QLoRA(LoRA):
     """LoRA on a frozen base whose decoder-block kernels are quantized (QLoRA).
@@ -70,6 +75,13 @@ class QLoRA(LoRA):
     (`kerasft.quantization.quantize_model`, deterministic, so `load_adapter`
     rebuilds the same base from a float checkpoint), then wraps the LoRA
     targets, quantized or not, with adapters. Adapter weights are float32.
+
+    With `init="residual"` the adapters of quantized layers do not start at
+    zero but at the best rank-`r` approximation of the quantization error
+    `W - Q` (LoftQ), weighted by real activations when `apply` gets
+    `calibration_data` (CLoQ): the model starts close to the float one
+    instead of the quantized one. The adapter file holds these factors, so
+    `load_adapter` needs neither the data nor the float weights' SVD again.
 
     Args:
         rank, alpha, dropout, targets, use_rslora, rank_pattern: as `LoRA`.
@@ -80,6 +92,9 @@ class QLoRA(LoRA):
             quantization).
         quantize_targets: None for every kernel of every decoder block, or
             layer names / `fnmatch` patterns (see `quantize_model`).
+        init: `"zeros"` (`B = 0`: the adapter model equals the quantized
+            base at the start) or `"residual"` (the factors approximate the
+            quantization error; see above).
     """
 
     def __init__(
@@ -94,7 +109,10 @@ class QLoRA(LoRA):
         quantize_targets=None,
         use_rslora=False,
         rank_pattern=None,
+        init="zeros",
     ):
+        if init not in INITS:
+            raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
         super().__init__(
             rank=rank, alpha=alpha, dropout=dropout, targets=targets,
             use_rslora=use_rslora, rank_pattern=rank_pattern,
@@ -106,12 +124,47 @@ class QLoRA(LoRA):
         if isinstance(quantize_targets, str):
             quantize_targets = [quantize_targets]
         self.quantize_targets = None if quantize_targets is None else list(quantize_targets)
+        self.init = init
 
     def wrapper_class(self):
         return QLoRADense
 
-    def apply(self, model):
-        find_target_layers(model, self.targets)  # fail before changing anything
+    def apply(self, model, calibration_data=None):
+        """Quantizes the base, wraps the targets, and starts the adapters.
+
+        Args:
+            model: a keras-hub causal LM with float decoder-block kernels.
+            calibration_data: with `init="residual"`, strings or token
+                batches (see `kerasft.quantization.calibration_batches`)
+                whose activations weight the initial factors; None for the
+                unweighted (LoftQ) start.
+
+        Returns:
+            `model`, changed in place.
+
+        Raises:
+            ValueError: if a target matches nothing, or `calibration_data` is
+                given with `init="zeros"` (it would be ignored).
+        """
+        return self._apply(model, calibration_data, initialize=self.init == "residual")
+
+    def apply_for_loading(self, model):
+        # The adapter file holds the started (and trained) factors.
+        return self._apply(model, None, initialize=False)
+
+    def _apply(self, model, calibration_data, initialize):
+        targets = find_target_layers(model, self.targets)  # fail before changing anything
+        if calibration_data is not None and self.init != "residual":
+            raise ValueError(
+                "`calibration_data` only weights the adapters' start with "
+                f"init='residual'. Received: init={self.init!r} and calibration_data"
+            )
+        if initialize:
+            if calibration_data is not None:
+                calibration_data = calibration_batches(model, calibration_data)
+            # Kept (not copied) until the factors are set: the float kernels
+            # are the only record of `W` once the layers are quantized.
+            float_kernels = {path: layer.kernel for path, layer in targets.items()}
         quantize_model(
             model,
             self.quantization,
@@ -119,7 +172,12 @@ class QLoRA(LoRA):
             group_size=self.group_size,
             double_quantize=self.double_quant,
         )
-        return self.wrap_targets(model)
+        self.wrap_targets(model)
+        if initialize:
+            self.initialization_report = start_from_residual(
+                model, float_kernels, calibration_data
+            )
+        return model
 
     @staticmethod
     def merge(model, requantize=False, batch=None):
@@ -180,4 +238,47 @@ class QLoRA(LoRA):
             "group_size": self.group_size,
             "double_quant": self.double_quant,
             "quantize_targets": self.quantize_targets,
+            "init": self.init,
         }
+
+
+def start_from_residual(model, float_kernels, calibration_data=None):
+    """Sets each quantized target's LoRA factors to approximate `W - Q`.
+
+    Args:
+        model: a model `QLoRA.apply` quantized and wrapped, adapters untrained.
+        float_kernels: `{target path: float kernel}` recorded before quantizing.
+        calibration_data: None or a list of input dicts; their activations
+            (through the quantized model) weight the approximation.
+
+    Returns:
+        `{target path: (error before, error after)}`: the relative output
+        errors of `Q` and `Q + scale * A @ B` against `W` (on the calibration
+        activations, or plain Frobenius norms without them).
+    """
+    wrappers = [
+        wrapper for wrapper in lora_layers(model)
+        if isinstance(wrapper.layer, QuantizedEinsumDense) and wrapper.target_path in float_kernels
+    ]
+    hessians = [None] * len(wrappers)
+    if calibration_data is not None and wrappers:
+        hessians = collect_hessians(model, [w.layer for w in wrappers], calibration_data)
+    report = {}
+    for wrapper, hessian in zip(wrappers, hessians):
+        layer = wrapper.layer
+        kernel = ops.convert_to_numpy(ops.cast(float_kernels[wrapper.target_path], "float32"))
+        weights = layer.kernel_matrix(kernel)
+        error = weights - layer.kernel_matrix(
+            ops.convert_to_numpy(layer.dequantized_kernel("float32"))
+        )
+        a, b = low_rank_residual(error, wrapper.rank, hessian)
+        # delta = scale * A @ B, so each factor carries 1/sqrt(scale).
+        root_scale = np.sqrt(wrapper.scale)
+        wrapper.lora_a.assign(np.reshape(a / root_scale, wrapper.lora_a.shape).astype("float32"))
+        wrapper.lora_b.assign(np.reshape(b / root_scale, wrapper.lora_b.shape).astype("float32"))
+        reference = weighted_error(weights, hessian)
+        report[wrapper.target_path] = (
+            float(np.sqrt(weighted_error(error, hessian) / reference)),
+            float(np.sqrt(weighted_error(error - a @ b, hessian) / reference)),
+        )
+    return report

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from kerasft.quantization.calibration import (
+    calibration_batches,
     calibration_inputs,
     collect_hessians,
     input_rows,
@@ -60,3 +61,44 @@ def test_relative_output_error_matches_direct_computation():
     q = w + 0.01 * rng.normal(size=w.shape)
     expected = np.linalg.norm(x @ (q - w)) / np.linalg.norm(x @ w)
     np.testing.assert_allclose(relative_output_error(w, q, x.T @ x / 100), expected, rtol=1e-10)
+
+
+def tiny_preprocessed_model():
+    import keras_hub
+
+    from kerasft import testing
+    from kerasft.data.testing_tokenizer import tiny_gemma_tokenizer
+
+    model = testing.tiny_causal_lm("gemma3")
+    model.preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
+        tokenizer=tiny_gemma_tokenizer(), sequence_length=16
+    )
+    return model
+
+
+def test_calibration_batches_tokenise_strings_with_the_preprocessor():
+    model = tiny_preprocessed_model()
+    texts = ["The cat sat.", "A lantern is a lamp in a case.", "Hi"]
+    batches = calibration_batches(model, iter(texts), batch_size=2)
+    assert [b["token_ids"].shape for b in batches] == [(2, 16), (1, 16)]
+    tokenizer = model.preprocessor.tokenizer
+    expected = [2] + [int(t) for t in keras.ops.convert_to_numpy(tokenizer("Hi"))] + [1]
+    np.testing.assert_array_equal(batches[1]["token_ids"][0, : len(expected)], expected)
+    assert batches[1]["padding_mask"][0].sum() == len(expected)
+
+
+def test_calibration_batches_keep_token_batches_and_reject_bad_data():
+    model = tiny_preprocessed_model()
+    ids = np.arange(6).reshape(2, 3)
+    batches = calibration_batches(model, (b for b in [ids, {"token_ids": ids}]))
+    assert len(batches) == 2
+    np.testing.assert_array_equal(batches[1]["token_ids"], ids)
+    with pytest.raises(ValueError, match="calibration_data=\\[\\]"):
+        calibration_batches(model, [])
+    with pytest.raises(ValueError, match="calibration_data=None"):
+        calibration_batches(model, None)
+    with pytest.raises(ValueError, match="1 strings and 1 other"):
+        calibration_batches(model, ["text", ids])
+    model.preprocessor = None
+    with pytest.raises(ValueError, match="preprocessor=None"):
+        calibration_batches(model, ["text"])

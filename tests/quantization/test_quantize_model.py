@@ -124,3 +124,72 @@ def test_quantized_model_weights_round_trip(tmp_path):
     quantize_model(other, "nf4", group_size=16, double_quantize=True)
     other.load_weights(path)
     np.testing.assert_array_equal(model_logits(other, batch), model_logits(model, batch))
+
+
+@pytest.mark.parametrize("kind", ["gemma", "gemma3"])
+def test_embedding_int8_serves_lookups_and_tied_logits(kind):
+    from kerasft.evaluate import generate_token_ids
+    from kerasft.quantization import QuantizedEmbedding
+
+    batch = random_token_batch(seed=5)[0]
+    model = tiny_causal_lm(kind)
+    reference = model_logits(model, batch)
+    report = quantize_model(model, "int8", embedding=True)
+    embedding = model.backbone.token_embedding
+    assert isinstance(embedding, QuantizedEmbedding)
+    assert report[-1]["path"] == "token_embedding" and report[-1]["mode"] == "int8"
+    assert report[-1]["quantized_bytes"] < 0.65 * report[-1]["float_bytes"]
+    paths = [v.path for v in model.weights]
+    assert "token_embedding/embeddings" not in paths and len(paths) == len(set(paths))
+    assert "token_embedding/embeddings_codes" in paths
+    assert relative_logit_error(model, reference, batch) < 0.03
+    # Same logits as a float model holding the dequantized table and kernels.
+    twin = tiny_causal_lm(kind)
+    quantize_model(twin, "int8")
+    twin.backbone.token_embedding.embeddings.assign(embedding.dequantized_embeddings())
+    np.testing.assert_allclose(
+        model_logits(model, batch), model_logits(twin, batch), rtol=1e-4, atol=1e-4
+    )
+    # Generation goes through the quantized table both ways.
+    token_ids = np.zeros((1, 6), "int32")
+    token_ids[0, :4] = batch["token_ids"][0, :4]
+    prompt = {"token_ids": token_ids, "padding_mask": np.arange(6)[None] < 4}
+    tokens = generate_token_ids(model, prompt, stop_token_ids=None)["token_ids"]
+    step = model_logits(model, {"token_ids": tokens[:, :4], "padding_mask": np.ones((1, 4), bool)})
+    assert tokens[0, 4] == int(np.argmax(step[0, -1]))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(model, "int8", targets=["query"], embedding=True)
+
+
+def test_embedding_weights_round_trip(tmp_path):
+    batch = random_token_batch(seed=3)[0]
+    model = tiny_causal_lm("gemma", seed=0)
+    quantize_model(model, "int4", group_size=16, embedding=True)
+    path = str(tmp_path / "quantized.weights.h5")
+    model.save_weights(path)
+    other = tiny_causal_lm("gemma", seed=1)
+    quantize_model(other, "int4", group_size=16, embedding=True)
+    other.load_weights(path)
+    np.testing.assert_array_equal(model_logits(other, batch), model_logits(model, batch))
+
+
+def test_string_calibration_data_is_tokenised_with_the_preprocessor():
+    import keras_hub
+
+    import kerasft
+    from kerasft.data.testing_tokenizer import tiny_gemma_tokenizer
+    from kerasft.quantization.calibration import calibration_batches
+
+    texts = ["The cat sat on the mat.", "A lantern is a lamp.", "Rivers run to the sea."]
+    codes = []
+    for as_strings in (True, False):
+        model = tiny_causal_lm("gemma3", num_layers=1, vocabulary_size=512)
+        model.preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
+            tokenizer=tiny_gemma_tokenizer(), sequence_length=12
+        )
+        data = texts if as_strings else calibration_batches(model, texts)
+        kerasft.quantize(model, "int4", group_size=16, calibration_data=data, method="gptq")
+        codes.append([keras.ops.convert_to_numpy(v) for v in model.weights if "codes" in v.path])
+    assert len(codes[0]) == 7
+    for a, b in zip(*codes):
+        np.testing.assert_array_equal(a, b)

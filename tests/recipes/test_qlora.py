@@ -113,3 +113,94 @@ def test_quantize_targets_and_bad_arguments(batch):
         QLoRA(quantization="int2")
     with pytest.raises(ValueError, match="group_size=64"):
         QLoRA(group_size=64).apply(testing.tiny_causal_lm("gemma3"))
+
+
+def float_and_quantized_kernels(model):
+    """`{target path: (W, Q + scale * A @ B)}` as `(K, N)` matrices."""
+    pairs = {}
+    for wrapper in lora_layers(model):
+        layer = wrapper.layer
+        quantized = layer.dequantized_kernel("float32") + wrapper.delta_kernel()
+        pairs[wrapper.target_path] = layer.kernel_matrix(to_numpy(quantized))
+    return pairs
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "int4"])
+def test_residual_init_starts_closer_to_the_float_model(model_kind, batch, quantization):
+    x, _, _ = batch
+    float_model = testing.tiny_causal_lm(model_kind)
+    float_logits = to_numpy(float_model(x))
+    float_kernels = {
+        layer.path: layer for layer in iter_layers(float_model)
+        if isinstance(layer, keras.layers.EinsumDense)
+    }
+    logits, kernels = {}, {}
+    for init in ("zeros", "residual"):
+        model = testing.tiny_causal_lm(model_kind)
+        recipe = QLoRA(rank=4, group_size=16, quantization=quantization, init=init)
+        recipe.apply(model)
+        logits[init] = to_numpy(model(x))
+        kernels[init] = float_and_quantized_kernels(model)
+    # Every adapted kernel is nearer W; rank 4 of 16 contracted rows.
+    for path, start in kernels["residual"].items():
+        layer = adapted_layer(model, path)
+        w = layer.kernel_matrix(to_numpy(float_kernels[path].kernel))
+        zero_error = np.linalg.norm(w - kernels["zeros"][path])
+        assert np.linalg.norm(w - start) < 0.95 * zero_error, path
+    for path, (before, after) in recipe.initialization_report.items():
+        assert after < before, path
+    zero_gap = np.abs(logits["zeros"] - float_logits).mean()
+    residual_gap = np.abs(logits["residual"] - float_logits).mean()
+    assert residual_gap < 0.9 * zero_gap
+
+
+def adapted_layer(model, path):
+    return next(w.layer for w in lora_layers(model) if w.target_path == path)
+
+
+def test_calibrated_residual_init_weights_the_calibration_activations(batch):
+    x, _, _ = batch
+    calibration = [testing.random_token_batch(seed=s)[0] for s in range(1, 4)]
+    outputs = {}
+    for data in (None, calibration):
+        model = testing.tiny_causal_lm("gemma3")
+        recipe = QLoRA(rank=2, group_size=16, targets=("query", "ffw_linear"), init="residual")
+        recipe.apply(model, calibration_data=data)
+        outputs[data is None] = recipe.initialization_report
+    for path, (before, calibrated) in outputs[False].items():
+        # The report of the calibrated run is the output error on the
+        # calibration activations, which the weighted factors minimise.
+        assert calibrated < before, path
+    assert set(outputs[False]) == set(outputs[True])
+    with pytest.raises(ValueError, match="init='zeros'"):
+        QLoRA(group_size=16).apply(testing.tiny_causal_lm("gemma3"), calibration_data=calibration)
+    with pytest.raises(ValueError, match="init='loftq'"):
+        QLoRA(init="loftq")
+
+
+def test_residual_init_trains_saves_and_reloads_without_recomputing(batch, tmp_path, monkeypatch):
+    x, y, w = batch
+    model = testing.tiny_causal_lm("gemma")
+    recipe = QLoRA(rank=4, alpha=8, group_size=16, init="residual")
+    recipe.apply(model, calibration_data=[x])
+    start = weights_by_path(model)
+    recipe.compile(model, learning_rate=1e-2)
+    history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    adapter_paths = {v.path for v in model.trainable_weights}
+    for path, value in weights_by_path(model).items():
+        if path not in adapter_paths:
+            np.testing.assert_array_equal(value, start[path], err_msg=path)
+    expected = to_numpy(model(x))
+    save_adapter(model, tmp_path / "residual")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("load_adapter recomputed the residual factors")
+
+    monkeypatch.setattr("kerasft.recipes.qlora.low_rank_residual", fail)
+    fresh = testing.tiny_causal_lm("gemma")
+    load_adapter(fresh, tmp_path / "residual")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+    from kerasft.recipes.base import applied_recipe_config
+
+    assert applied_recipe_config(fresh)["init"] == "residual"
