@@ -45,13 +45,16 @@ def base_model_fingerprint(model):
 
 
 def _trained_tensors(model):
-    """`{key: numpy array}` of what the applied recipe trains."""
+    """`{key: variable}` of what the applied recipe trains (and what it fitted, e.g. QLoRA's corrections)."""
     wrappers = lora_layers(model)
     if wrappers:
         tensors = {}
         for wrapper in wrappers:
             tensors[f"{wrapper.target_path}/lora_a"] = wrapper.lora_a
             tensors[f"{wrapper.target_path}/lora_b"] = wrapper.lora_b
+            if getattr(wrapper, "residual_rank", 0):  # QLoRA's frozen error correction
+                tensors[f"{wrapper.target_path}/residual_a"] = wrapper.residual_a
+                tensors[f"{wrapper.target_path}/residual_b"] = wrapper.residual_b
         # Weights trained beside the adapters (e.g. a classification head).
         in_adapters = {id(v) for v in tensors.values()}
         for variable in model.trainable_variables:

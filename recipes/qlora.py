@@ -34,9 +34,10 @@ def main():
     model, train_records, held_out = setup(config)
     before = evaluate_model(model, held_out, config)
     apply_kwargs = {}
-    calibration_examples = config["recipe"].get("init") == "residual" and cfg.get(
-        "calibration_examples"
+    fits_error = config["recipe"].get("init") == "residual" or config["recipe"].get(
+        "residual_rank"
     )
+    calibration_examples = fits_error and cfg.get("calibration_examples")
     if calibration_examples:
         # Training examples (prompt + response), never held-out words.
         x, _, _ = data.instruction_batches(
@@ -47,14 +48,14 @@ def main():
         apply_kwargs["calibration_data"] = [
             {k: v[i : i + 16] for k, v in x.items()} for i in range(0, len(x["token_ids"]), 16)
         ]
-    # QLoRA.apply quantizes, wraps, and starts the adapters from the
-    # quantization error (weighted by the calibration activations).
+    # QLoRA.apply quantizes, wraps, and fits the quantization error
+    # (weighted by the calibration activations).
     recipe = train(model, train_records, config, **apply_kwargs)
     errors = getattr(recipe, "initialization_report", None)
     if errors:
         start, end = np.mean(list(errors.values()), axis=0)
-        print(f"The adapters started from the quantization error: mean relative output "
-              f"error of the {len(errors)} quantized targets {start:.3f} -> {end:.3f}")
+        print(f"Fitted the quantization error: mean relative output error of the "
+              f"{len(errors)} quantized targets {start:.3f} -> {end:.3f}")
     after = evaluate_model(model, held_out, config)
     output_dir = save_results(model, before, after, config)
     report(before, after, held_out, config)

@@ -1,5 +1,6 @@
 """QLoRA: LoRA adapters on top of a frozen, weight-quantized (NF4/int4/int8) base."""
 
+import functools
 import warnings
 
 import keras
@@ -26,12 +27,68 @@ REQUANTIZE_WARNING = (
 
 @keras.saving.register_keras_serializable(package="kerasft")
 class QLoRADense(LoRADense):
-    """A `LoRADense` over a quantized layer; merging it warns that it requantizes."""
+    """A `LoRADense` over a quantized layer; merging it warns that it requantizes.
+
+    Args:
+        layer, rank, alpha, dropout, use_rslora, target_path: as `LoRADense`.
+        residual_rank: over a quantized layer, the rank of a frozen low-rank
+            correction `x @ residual_a @ residual_b` added to the base, which
+            `QLoRA.apply` fits to the quantization error. 0 for none; always
+            0 over a float layer.
+        **kwargs: base `Layer` arguments.
+    """
+
+    def __init__(self, layer, residual_rank=0, **kwargs):
+        super().__init__(layer, **kwargs)
+        if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or (
+            residual_rank < 0
+        ):
+            raise ValueError(
+                "`residual_rank` must be a non-negative integer. Received: "
+                f"residual_rank={residual_rank!r}"
+            )
+        self.residual_rank = residual_rank if hasattr(layer, "requantize") else 0
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if self.residual_rank:
+            axes = self.axes
+            self.residual_a = self.add_weight(
+                name="residual_a",
+                shape=axes.shape_of(axes.fan_in_letters) + (self.residual_rank,),
+                initializer="zeros", trainable=False,
+            )
+            self.residual_b = self.add_weight(
+                name="residual_b",
+                shape=(self.residual_rank,) + axes.shape_of(axes.fan_out_letters),
+                initializer="zeros", trainable=False,
+            )
+
+    def call(self, inputs, training=None):
+        outputs = super().call(inputs, training=training)
+        if not self.residual_rank:
+            return outputs
+        hidden = ops.einsum(self.axes.down_equation, inputs, self.residual_a)
+        correction = ops.einsum(self.axes.up_equation, hidden, self.residual_b)
+        return outputs + ops.cast(correction, outputs.dtype)
+
+    def residual_kernel(self):
+        """The frozen correction `residual_a @ residual_b` in the kernel's shape (float32), or None."""
+        if not self.residual_rank:
+            return None
+        a = ops.cast(self.residual_a, "float32")
+        b = ops.cast(self.residual_b, "float32")
+        return ops.einsum(self.axes.delta_equation, a, b)
 
     def merge(self):
         if not self.merged and hasattr(self.layer, "requantize"):
             warnings.warn(f"{self.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
         return super().merge()
+
+    def get_config(self):
+        config = super().get_config()
+        config["residual_rank"] = self.residual_rank
+        return config
 
 
 def float_layer_from_quantized(layer, kernel):
@@ -95,6 +152,12 @@ class QLoRA(LoRA):
         init: `"zeros"` (`B = 0`: the adapter model equals the quantized
             base at the start) or `"residual"` (the factors approximate the
             quantization error; see above).
+        residual_rank: rank of a frozen correction of each quantized
+            target's quantization error, kept beside the adapter (fitted
+            like `init="residual"`, saved in the adapter file; 0 for none).
+            The adapter then trains from `B = 0` over a base closer to the
+            float one. Costs `residual_rank * (fan_in + fan_out)` float32
+            values per target.
     """
 
     def __init__(
@@ -110,9 +173,17 @@ class QLoRA(LoRA):
         use_rslora=False,
         rank_pattern=None,
         init="zeros",
+        residual_rank=0,
     ):
         if init not in INITS:
             raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
+        if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or (
+            residual_rank < 0
+        ):
+            raise ValueError(
+                "`residual_rank` must be a non-negative integer. Received: "
+                f"residual_rank={residual_rank!r}"
+            )
         super().__init__(
             rank=rank, alpha=alpha, dropout=dropout, targets=targets,
             use_rslora=use_rslora, rank_pattern=rank_pattern,
@@ -125,9 +196,10 @@ class QLoRA(LoRA):
             quantize_targets = [quantize_targets]
         self.quantize_targets = None if quantize_targets is None else list(quantize_targets)
         self.init = init
+        self.residual_rank = residual_rank
 
     def wrapper_class(self):
-        return QLoRADense
+        return functools.partial(QLoRADense, residual_rank=self.residual_rank)
 
     def apply(self, model, calibration_data=None):
         """Quantizes the base, wraps the targets, and starts the adapters.
@@ -146,7 +218,8 @@ class QLoRA(LoRA):
             ValueError: if a target matches nothing, or `calibration_data` is
                 given with `init="zeros"` (it would be ignored).
         """
-        return self._apply(model, calibration_data, initialize=self.init == "residual")
+        fits_residual = self.init == "residual" or self.residual_rank > 0
+        return self._apply(model, calibration_data, initialize=fits_residual)
 
     def apply_for_loading(self, model):
         # The adapter file holds the started (and trained) factors.
@@ -154,10 +227,11 @@ class QLoRA(LoRA):
 
     def _apply(self, model, calibration_data, initialize):
         targets = find_target_layers(model, self.targets)  # fail before changing anything
-        if calibration_data is not None and self.init != "residual":
+        if calibration_data is not None and self.init != "residual" and not self.residual_rank:
             raise ValueError(
-                "`calibration_data` only weights the adapters' start with "
-                f"init='residual'. Received: init={self.init!r} and calibration_data"
+                "`calibration_data` only weights the fit of the quantization error "
+                "(init='residual' or residual_rank > 0). Received: "
+                f"init={self.init!r}, residual_rank=0 and calibration_data"
             )
         if initialize:
             if calibration_data is not None:
@@ -175,7 +249,7 @@ class QLoRA(LoRA):
         self.wrap_targets(model)
         if initialize:
             self.initialization_report = start_from_residual(
-                model, float_kernels, calibration_data
+                model, float_kernels, calibration_data, adapters=self.init == "residual"
             )
         return model
 
@@ -203,13 +277,18 @@ class QLoRA(LoRA):
         merged = []
         for wrapper in lora_layers(model):
             layer = wrapper.layer
+            residual = getattr(wrapper, "residual_kernel", lambda: None)()
             if isinstance(layer, QuantizedEinsumDense) and not requantize:
                 kernel = ops.cast(layer.dequantized_kernel("float32"), "float32")
                 kernel = kernel + wrapper.delta_kernel()
+                if residual is not None:
+                    kernel = kernel + residual
                 replacement = float_layer_from_quantized(layer, kernel)
             else:
                 if isinstance(layer, QuantizedEinsumDense):
                     warnings.warn(f"{wrapper.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
+                    if residual is not None:  # folded into the requantized kernel
+                        layer.requantize(layer.dequantized_kernel("float32") + residual)
                     LoRADense.merge(wrapper)
                 else:
                     wrapper.merge()
@@ -239,22 +318,27 @@ class QLoRA(LoRA):
             "double_quant": self.double_quant,
             "quantize_targets": self.quantize_targets,
             "init": self.init,
+            "residual_rank": self.residual_rank,
         }
 
 
-def start_from_residual(model, float_kernels, calibration_data=None):
-    """Sets each quantized target's LoRA factors to approximate `W - Q`.
+def start_from_residual(model, float_kernels, calibration_data=None, adapters=True):
+    """Fits each quantized target's frozen correction, then LoRA factors, to `W - Q`.
+
+    The frozen correction (`residual_rank > 0`) takes the first singular
+    directions of the error; with `adapters`, the LoRA factors take the next.
 
     Args:
         model: a model `QLoRA.apply` quantized and wrapped, adapters untrained.
         float_kernels: `{target path: float kernel}` recorded before quantizing.
         calibration_data: None or a list of input dicts; their activations
             (through the quantized model) weight the approximation.
+        adapters: also set the LoRA factors (`init="residual"`).
 
     Returns:
         `{target path: (error before, error after)}`: the relative output
-        errors of `Q` and `Q + scale * A @ B` against `W` (on the calibration
-        activations, or plain Frobenius norms without them).
+        errors of `Q` and of `Q` plus the fitted terms against `W` (on the
+        calibration activations, or plain Frobenius norms without them).
     """
     wrappers = [
         wrapper for wrapper in lora_layers(model)
@@ -271,14 +355,25 @@ def start_from_residual(model, float_kernels, calibration_data=None):
         error = weights - layer.kernel_matrix(
             ops.convert_to_numpy(layer.dequantized_kernel("float32"))
         )
-        a, b = low_rank_residual(error, wrapper.rank, hessian)
-        # delta = scale * A @ B, so each factor carries 1/sqrt(scale).
-        root_scale = np.sqrt(wrapper.scale)
-        wrapper.lora_a.assign(np.reshape(a / root_scale, wrapper.lora_a.shape).astype("float32"))
-        wrapper.lora_b.assign(np.reshape(b / root_scale, wrapper.lora_b.shape).astype("float32"))
+        remaining = error
+        if wrapper.residual_rank:
+            a, b = low_rank_residual(remaining, wrapper.residual_rank, hessian)
+            _assign_factors(wrapper.residual_a, wrapper.residual_b, a, b)
+            remaining = remaining - a @ b
+        if adapters:
+            a, b = low_rank_residual(remaining, wrapper.rank, hessian)
+            # delta = scale * A @ B, so each factor carries 1/sqrt(scale).
+            root_scale = np.sqrt(wrapper.scale)
+            _assign_factors(wrapper.lora_a, wrapper.lora_b, a / root_scale, b / root_scale)
+            remaining = remaining - a @ b
         reference = weighted_error(weights, hessian)
         report[wrapper.target_path] = (
             float(np.sqrt(weighted_error(error, hessian) / reference)),
-            float(np.sqrt(weighted_error(error - a @ b, hessian) / reference)),
+            float(np.sqrt(weighted_error(remaining, hessian) / reference)),
         )
     return report
+
+
+def _assign_factors(a_variable, b_variable, a, b):
+    a_variable.assign(np.reshape(a, a_variable.shape).astype("float32"))
+    b_variable.assign(np.reshape(b, b_variable.shape).astype("float32"))

@@ -204,3 +204,54 @@ def test_residual_init_trains_saves_and_reloads_without_recomputing(batch, tmp_p
     from kerasft.recipes.base import applied_recipe_config
 
     assert applied_recipe_config(fresh)["init"] == "residual"
+
+
+def test_frozen_residual_correction_trains_merges_and_reloads(batch, tmp_path, monkeypatch):
+    x, y, w = batch
+    plain = testing.tiny_causal_lm("gemma3")
+    QLoRA(rank=4, group_size=16).apply(plain)
+    float_logits = to_numpy(testing.tiny_causal_lm("gemma3")(x))
+
+    model = testing.tiny_causal_lm("gemma3")
+    recipe = QLoRA(rank=4, alpha=8, group_size=16, residual_rank=4)
+    recipe.apply(model, calibration_data=[x])
+    wrappers = lora_layers(model)
+    assert all(wrapper.residual_rank == 4 for wrapper in wrappers)
+    for wrapper in wrappers:  # the adapter itself starts at zero
+        assert not np.any(to_numpy(wrapper.lora_b))
+        assert np.any(to_numpy(wrapper.residual_b))
+    for path, (before, after) in recipe.initialization_report.items():
+        assert after < 0.95 * before, path
+    logits = to_numpy(model(x))
+    plain_gap = np.abs(to_numpy(plain(x)) - float_logits).mean()
+    assert np.abs(logits - float_logits).mean() < 0.9 * plain_gap
+    trainable = {v.path for v in model.trainable_weights}
+    assert trainable and not any("residual" in path for path in trainable)
+
+    start = weights_by_path(model)
+    recipe.compile(model, learning_rate=1e-2)
+    history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for path, value in weights_by_path(model).items():
+        if path in trainable:
+            assert not np.array_equal(value, start[path]), path
+        else:  # codes, scales and the residual factors
+            np.testing.assert_array_equal(value, start[path], err_msg=path)
+
+    expected = to_numpy(model(x))
+    save_adapter(model, tmp_path / "residual")
+    monkeypatch.setattr(
+        "kerasft.recipes.qlora.low_rank_residual",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")),
+    )
+    fresh = testing.tiny_causal_lm("gemma3")
+    load_adapter(fresh, tmp_path / "residual")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+
+    result = QLoRA.merge(fresh, batch=x)
+    assert result["max_abs_logit_difference"] < 1e-4
+    with pytest.warns(UserWarning, match="requantizes"):
+        result = QLoRA.merge(model, requantize=True, batch=x)
+    assert 0 < result["max_abs_logit_difference"] < 1.0
+    with pytest.raises(ValueError, match="residual_rank=-1"):
+        QLoRA(residual_rank=-1)
