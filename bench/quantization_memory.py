@@ -39,15 +39,18 @@ SCHEMES = [
     ("nf4 g64 +double quant", dict(mode="nf4", group_size=64, double_quantize=True)),
     ("nf4 g64 fp16 scales", dict(mode="nf4", group_size=64, scale_dtype="float16")),
 ]
+# QLoRA(residual_rank=8): a frozen float32 rank-8 correction per kernel.
+RESIDUAL_RANK = 8
 
 
-def block_bytes(scheme=None):
+def block_bytes(scheme=None, residual_rank=0):
     """Bytes of one decoder block: kernels (bf16 or quantized) plus bf16 norms."""
     if scheme is None:
         kernels = sum(2 * k * n for _, k, n in KERNELS)
     else:
         kernels = sum(quantized_kernel_bytes(k, n, **scheme) for _, k, n in KERNELS)
-    return kernels + NORM_BYTES
+    residual = sum(4 * residual_rank * (k + n) for _, k, n in KERNELS)
+    return kernels + residual + NORM_BYTES
 
 
 def main():
@@ -59,8 +62,10 @@ def main():
     )
     print(f"{'scheme':<24}{'MiB':>10}{'bits/weight':>13}{'vs bf16':>9}")
     print(f"{'bf16':<24}{reference / 2**20:>10.1f}{16.0:>13.3f}{1.0:>8.2f}x")
-    for name, scheme in SCHEMES:
-        total = block_bytes(scheme) * NUM_LAYERS
+    rows = [(name, scheme, 0) for name, scheme in SCHEMES]
+    rows.append((f"nf4 g64 +dq +r{RESIDUAL_RANK} resid", SCHEMES[-2][1], RESIDUAL_RANK))
+    for name, scheme, residual_rank in rows:
+        total = block_bytes(scheme, residual_rank) * NUM_LAYERS
         kernel_bits = 8 * (total - NORM_BYTES * NUM_LAYERS) / params
         print(f"{name:<24}{total / 2**20:>10.1f}{kernel_bits:>13.3f}{reference / total:>8.2f}x")
 

@@ -114,14 +114,21 @@ def test_targets_and_bad_arguments():
     )
 
 
-def test_quantized_model_weights_round_trip(tmp_path):
+@pytest.mark.parametrize(
+    "kind, mode, options",
+    [
+        ("gemma3", "nf4", dict(double_quantize=True)),
+        ("gemma", "int4", dict(embedding=True)),
+    ],
+)
+def test_quantized_model_weights_round_trip(tmp_path, kind, mode, options):
     batch = random_token_batch(seed=3)[0]
-    model = tiny_causal_lm("gemma3", seed=0)
-    quantize_model(model, "nf4", group_size=16, double_quantize=True)
+    model = tiny_causal_lm(kind, seed=0)
+    quantize_model(model, mode, group_size=16, **options)
     path = str(tmp_path / "quantized.weights.h5")
     model.save_weights(path)
-    other = tiny_causal_lm("gemma3", seed=1)
-    quantize_model(other, "nf4", group_size=16, double_quantize=True)
+    other = tiny_causal_lm(kind, seed=1)
+    quantize_model(other, mode, group_size=16, **options)
     other.load_weights(path)
     np.testing.assert_array_equal(model_logits(other, batch), model_logits(model, batch))
 
@@ -159,18 +166,6 @@ def test_embedding_int8_serves_lookups_and_tied_logits(kind):
     assert tokens[0, 4] == int(np.argmax(step[0, -1]))
     with pytest.raises(ValueError, match="already quantized"):
         quantize_model(model, "int8", targets=["query"], embedding=True)
-
-
-def test_embedding_weights_round_trip(tmp_path):
-    batch = random_token_batch(seed=3)[0]
-    model = tiny_causal_lm("gemma", seed=0)
-    quantize_model(model, "int4", group_size=16, embedding=True)
-    path = str(tmp_path / "quantized.weights.h5")
-    model.save_weights(path)
-    other = tiny_causal_lm("gemma", seed=1)
-    quantize_model(other, "int4", group_size=16, embedding=True)
-    other.load_weights(path)
-    np.testing.assert_array_equal(model_logits(other, batch), model_logits(model, batch))
 
 
 def test_string_calibration_data_is_tokenised_with_the_preprocessor():
