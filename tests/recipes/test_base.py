@@ -1,9 +1,11 @@
 import json
+import pathlib
 
 import pytest
 
 from kerasft import testing
 from kerasft.recipes import Freeze, LoRA, recipe_from_config, recipe_from_file
+from kerasft.recipes.base import read_config_file
 
 
 def test_config_round_trip_for_every_recipe():
@@ -11,6 +13,22 @@ def test_config_round_trip_for_every_recipe():
         rebuilt = recipe_from_config(recipe.get_config())
         assert type(rebuilt) is type(recipe)
         assert rebuilt.get_config() == recipe.get_config()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(pathlib.Path(__file__).parents[2].glob("recipes/configs/*.yaml")),
+    ids=lambda path: path.name,
+)
+def test_every_shipped_config_builds_its_recipe(path):
+    config = read_config_file(path)["recipe"]
+    recipe = recipe_from_config(config)
+    rebuilt = recipe_from_config(recipe.get_config())
+    assert rebuilt.get_config() == recipe.get_config()
+    for key, value in config.items():
+        if key == "targets" and isinstance(value, str):
+            value = [value]
+        if key != "base":  # a nested recipe is compared as its own config
+            assert recipe.get_config()[key] == value, key
 
 
 def test_from_yaml_and_json_files(tmp_path):
