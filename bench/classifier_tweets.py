@@ -17,8 +17,12 @@ split, with the seconds each row took.
 model with a random tiny one (no checkpoint needed; figures meaningless).
 """
 
-import argparse
 import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import argparse
 import re
 import sys
 import time
@@ -95,7 +99,6 @@ def bag_of_words_logistic_regression(train, test, l2=1e-3, steps=400, learning_r
 
 def load_model(args):
     if args.tiny:
-        from kerasft import testing
         from kerasft.data.testing_tokenizer import tiny_gemma_tokenizer
 
         import keras_hub
@@ -106,7 +109,6 @@ def load_model(args):
             num_query_heads=2, num_key_value_heads=1, hidden_dim=32, intermediate_dim=64,
             head_dim=16, vision_encoder=None,
         )
-        del testing
         return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None), tokenizer
     from kerasft.models import gemma3_from_gguf
 

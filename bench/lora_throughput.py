@@ -3,18 +3,25 @@
 Both variants train rank-8 LoRA on query and value of the same randomly
 initialised Gemma 3 model with AdamW and the same loss, in separate
 subprocesses (so each gets a clean peak-memory reading), and the script prints
-tokens/s, peak memory and the kerasft/keras-hub ratios.
+tokens/s, peak memory and the kerasft/keras-hub ratios. With `--qlora` a third
+variant trains the same LoRA over an NF4 base (group 64, double quantization,
+every decoder kernel) and the script prints the QLoRA/LoRA ratios.
 
     python bench/lora_throughput.py               # small shape, runs on a CPU
     python bench/lora_throughput.py --full        # Gemma-3-1B shape, bf16, 8 x 1024 (GPU)
+    python bench/lora_throughput.py --full --qlora
 
 Peak memory is the accelerator's peak bytes in use on a GPU, and the peak
 resident set size of the process on a CPU.
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -91,12 +98,15 @@ def run_variant(variant, shape, steps, warmup_steps):
     import keras
     import numpy as np
 
-    from kerasft.recipes import LoRA
+    from kerasft.recipes import LoRA, QLoRA
 
     keras.utils.set_random_seed(0)
     model = build_model(shape)
     recipe = LoRA(rank=8, alpha=16, targets=("query", "value"))
-    if variant == "kerasft":
+    if variant == "kerasft-qlora":
+        recipe = QLoRA(rank=8, alpha=16, targets=("query", "value"), quantization="nf4",
+                       group_size=64, double_quant=True)
+    if variant.startswith("kerasft"):
         recipe.apply(model)
     else:
         model.backbone.enable_lora(rank=8, target_layer_names=["query", "value"])
@@ -137,7 +147,9 @@ def main():
     parser.add_argument("--full", action="store_true", help="Gemma-3-1B shape, bf16, 8 x 1024")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=2)
-    parser.add_argument("--variant", choices=["kerasft", "keras-hub"], help=argparse.SUPPRESS)
+    parser.add_argument("--qlora", action="store_true", help="also time QLoRA (NF4 base)")
+    parser.add_argument("--variant", choices=["kerasft", "keras-hub", "kerasft-qlora"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = FULL_SHAPE if args.full else SMALL_SHAPE
     steps = args.steps or (20 if args.full else 5)
@@ -147,21 +159,26 @@ def main():
         return
 
     results = {}
-    for variant in ("keras-hub", "kerasft"):
+    for variant in ("keras-hub", "kerasft") + (("kerasft-qlora",) if args.qlora else ()):
         command = [sys.executable, __file__, "--variant", variant, "--steps", str(steps),
                    "--warmup-steps", str(args.warmup_steps)] + (["--full"] if args.full else [])
         output = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ).stdout
         results[variant] = json.loads(output.strip().splitlines()[-1])
 
     print(f"shape: {json.dumps(shape)}; {steps} timed steps; backend {results['kerasft']['backend']}")
-    print(f"{'variant':<10} {'tokens/s':>12} {'s/step':>8} {'peak memory (GiB)':>18} {'trainable':>10}")
+    print(f"{'variant':<14} {'tokens/s':>12} {'s/step':>8} {'peak memory (GiB)':>18} {'trainable':>10}")
     for variant, r in results.items():
-        print(f"{variant:<10} {r['tokens_per_second']:>12.1f} {r['seconds_per_step']:>8.3f} "
+        print(f"{variant:<14} {r['tokens_per_second']:>12.1f} {r['seconds_per_step']:>8.3f} "
               f"{r['peak_memory_bytes'] / 2**30:>18.3f} {r['trainable_parameters']:>10}")
     ours, theirs = results["kerasft"], results["keras-hub"]
     print(f"ratio kerasft/keras-hub: tokens/s {ours['tokens_per_second'] / theirs['tokens_per_second']:.3f}x, "
           f"peak memory {ours['peak_memory_bytes'] / theirs['peak_memory_bytes']:.3f}x "
           f"({ours['peak_memory_kind']})")
+    if "kerasft-qlora" in results:
+        qlora = results["kerasft-qlora"]
+        print(f"ratio QLoRA/LoRA (kerasft): tokens/s "
+              f"{qlora['tokens_per_second'] / ours['tokens_per_second']:.3f}x, peak memory "
+              f"{qlora['peak_memory_bytes'] / ours['peak_memory_bytes']:.3f}x")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ Note: the default checkpoint is the Q4_K_M GGUF, dequantized to float32; that
 float model is the reference ("float") every row is compared against.
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import argparse
 import gc
 import time
@@ -188,7 +193,7 @@ def main():
         keras.backend.clear_session()
 
     print()
-    print(f"| scheme | perplexity | vs float | quantize s | eval s |")
+    print("| scheme | perplexity | vs float | quantize s | eval s |")
     print("|---|---:|---:|---:|---:|")
     for label, ppl, change, quantize_s, eval_s in results:
         print(f"| {label} | {ppl:.3f} | {change:+.2f}% | {quantize_s:.1f} | {eval_s:.1f} |")

@@ -12,6 +12,11 @@ onto a fresh base gives the same probabilities.
 Every setting lives in the config file; `--set section.key=value` overrides one.
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import json
 import pathlib
 import sys

@@ -8,6 +8,11 @@ test: The Comedy of Errors), trains on packed text from the other plays with
     python recipes/continued_pretraining.py --set training.max_train_rows=16   # quick look
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import json
 import pathlib
 import sys

@@ -8,6 +8,11 @@ own config; every setting lives in the config's `recipe:`, `data:` and
 `training:` sections.
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import argparse
 import pathlib
 

@@ -8,6 +8,11 @@ print the largest logit change the merge caused.
     python recipes/qlora.py --set recipe.quantization=int4 --set training.epochs=2
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import pathlib
 import sys
 

@@ -10,6 +10,11 @@ evaluate again, save the adapter, print a before/after table.
 Every setting lives in the config file; `--set section.key=value` overrides one.
 """
 
+import os
+
+# kerasft runs on JAX or PyTorch; keras.json may name another backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import argparse
 import json
 import pathlib
