@@ -94,7 +94,11 @@ class Classifier(Recipe):
         self.dropout = float(dropout)
         self.seed = seed
 
-    def apply(self, model):
+    def apply_for_loading(self, model):
+        # The base recipe skips any start its loaded weights replace.
+        return self.apply(model, _base_apply="apply_for_loading")
+
+    def apply(self, model, _base_apply="apply"):
         """Builds the classifier on `model.backbone` and returns it (a new model).
 
         Args:
@@ -113,7 +117,7 @@ class Classifier(Recipe):
                 f"LM). Received: model={getattr(model, 'name', model)!r}"
             )
         if self.base is not None:
-            self.base.apply(model)  # wraps/freezes the backbone in place
+            getattr(self.base, _base_apply)(model)  # wraps/freezes the backbone in place
         else:
             freeze_all(model)
         if self.train == "head":

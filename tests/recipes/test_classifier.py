@@ -149,3 +149,20 @@ def test_config_round_trip_with_a_nested_recipe():
     rebuilt = recipe_from_config(recipe.get_config())
     assert isinstance(rebuilt.base, LoRA)
     assert rebuilt.get_config() == recipe.get_config()
+
+
+def test_qlora_base_with_error_correction_reloads_without_refitting(tmp_path, monkeypatch):
+    base = {"method": "qlora", "rank": 2, "group_size": 16, "residual_rank": 2,
+            "targets": ["decoder_block_1*/attention/*"]}
+    recipe = Classifier(3, base=base)
+    model = recipe.apply(testing.tiny_causal_lm("gemma3"))
+    fit(recipe, model, epochs=1)
+    x = classification_batch()
+    expected = to_numpy(model(x))
+    save_adapter(model, tmp_path)
+    monkeypatch.setattr(
+        "kerasft.recipes.qlora.low_rank_residual",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted on load")),
+    )
+    restored = load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path)
+    np.testing.assert_array_equal(to_numpy(restored(x)), expected)
