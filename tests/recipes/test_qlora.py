@@ -255,3 +255,23 @@ def test_frozen_residual_correction_trains_merges_and_reloads(batch, tmp_path, m
     assert 0 < result["max_abs_logit_difference"] < 1.0
     with pytest.raises(ValueError, match="residual_rank=-1"):
         QLoRA(residual_rank=-1)
+
+
+def test_quantized_embedding_stays_frozen_and_reloads(batch, tmp_path):
+    from kerasft.quantization import QuantizedEmbedding
+
+    x, y, w = batch
+    model = testing.tiny_causal_lm("gemma")
+    recipe = QLoRA(rank=2, group_size=16, targets=("query",), quantize_embedding=True)
+    recipe.apply(model)
+    assert isinstance(model.backbone.token_embedding, QuantizedEmbedding)
+    start = weights_by_path(model)
+    recipe.compile(model, learning_rate=1e-2)
+    model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, verbose=0)
+    after = weights_by_path(model)
+    for path in ("token_embedding/embeddings_codes", "token_embedding/embeddings_scale"):
+        np.testing.assert_array_equal(after[path], start[path])
+    save_adapter(model, tmp_path / "qlora")
+    fresh = testing.tiny_causal_lm("gemma")
+    load_adapter(fresh, tmp_path / "qlora")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), to_numpy(model(x)))
