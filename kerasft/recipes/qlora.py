@@ -207,21 +207,23 @@ class QLoRA(LoRA):
         return functools.partial(QLoRADense, residual_rank=self.residual_rank)
 
     def apply(self, model, calibration_data=None):
-        """Quantizes the base, wraps the targets, and starts the adapters.
+        """Quantizes the base, wraps the targets, and fits the quantization error.
 
         Args:
             model: a keras-hub causal LM with float decoder-block kernels.
-            calibration_data: with `init="residual"`, strings or token
-                batches (see `kerasft.quantization.calibration_batches`)
-                whose activations weight the initial factors; None for the
-                unweighted (LoftQ) start.
+            calibration_data: with `residual_rank > 0` or `init="residual"`,
+                strings or token batches (see
+                `kerasft.quantization.calibration.calibration_batches`) whose
+                activations weight the fit; None for an unweighted fit
+                (LoftQ).
 
         Returns:
-            `model`, changed in place.
+            `model`, changed in place. `self.initialization_report` holds each
+            quantized target's relative error before and after the fit.
 
         Raises:
             ValueError: if a target matches nothing, or `calibration_data` is
-                given with `init="zeros"` (it would be ignored).
+                given while nothing is fitted (it would be ignored).
         """
         fits_residual = self.init == "residual" or self.residual_rank > 0
         return self._apply(model, calibration_data, initialize=fits_residual)
