@@ -8,6 +8,7 @@ A target is one of:
 - a shortcut: `"attention"`, `"mlp"` or `"all-linear"`.
 """
 
+import contextlib
 import fnmatch
 
 import keras
@@ -120,20 +121,27 @@ def find_parent(model, layer):
     )
 
 
+@contextlib.contextmanager
+def unlocked_tracker(layer):
+    """Yields `layer._tracker` unlocked (so tracked attributes can change), then relocks it."""
+    tracker = layer._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        yield tracker
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
 def replace_layer(model, old, new):
     """Puts `new` where `old` was inside `model`, keeping tracking order."""
     parent, name = find_parent(model, old)
     tracked = parent._layers
     index = next(i for i, layer in enumerate(tracked) if layer is old)
-    tracker = parent._tracker
-    was_locked = tracker.locked
-    tracker.unlock()
-    try:
+    with unlocked_tracker(parent) as tracker:
         tracker.untrack(old)
         setattr(parent, name, new)
-    finally:
-        if was_locked:
-            tracker.lock()
     # `setattr` tracked `new` by appending it; move it to `old`'s slot so
     # variable order (and so optimizer and checkpoint order) stays stable.
     for i in reversed(range(len(tracked))):
@@ -162,15 +170,9 @@ def replace_in_graphs(model, old, new):
                 if node.operation is old:
                     node.operation = new
                     changed += 1
-        tracker = getattr(layer, "_tracker", None)
-        if tracker is not None and tracker.is_in_store("layers", old):
-            was_locked = tracker.locked
-            tracker.unlock()
-            try:
+        with unlocked_tracker(layer) as tracker:
+            if tracker.is_in_store("layers", old):
                 tracker.replace_tracked_value("layers", old, new)
-            finally:
-                if was_locked:
-                    tracker.lock()
         layer._operations = [new if op is old else op for op in layer._operations]
         for depth, operations in layer._operations_by_depth.items():
             layer._operations_by_depth[depth] = [new if op is old else op for op in operations]

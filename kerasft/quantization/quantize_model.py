@@ -31,6 +31,7 @@ from kerasft.quantization.gptq import gptq_quantize_matrix
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
 from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
+from kerasft.targeting import replace_in_graphs, unlocked_tracker
 
 METHODS = ("rtn", "clip", "gptq", "clip+gptq")
 
@@ -109,16 +110,10 @@ def replace_layer(parent, attribute, old, new):
     The new layer takes the old one's slot in `parent._layers`, so the old
     layer's variables are no longer part of the model.
     """
-    tracker = parent._tracker
-    was_locked = tracker.locked
-    tracker.unlock()
-    try:
+    with unlocked_tracker(parent) as tracker:
         if tracker.is_in_store("layers", old):
             tracker.replace_tracked_value("layers", old, new)
         setattr(parent, attribute, new)
-    finally:
-        if was_locked:
-            tracker.lock()
 
 
 def retrack_torch_variables(model):
@@ -336,21 +331,11 @@ def quantize_embedding(model):
     Raises:
         ValueError: if the backbone has no tied `token_embedding`.
     """
-    from kerasft.targeting import replace_in_graphs
-
     old = _check_float_embedding(model)
-    backbone = getattr(model, "backbone", model)
     new = QuantizedEmbedding.from_float(old)
-    # keras-hub keeps it as `backbone._token_embedding` behind a property,
-    # and the functional graphs of the backbone and the task call it.
-    tracker = backbone._tracker
-    was_locked = tracker.locked
-    tracker.unlock()
-    try:
-        backbone.token_embedding = new
-    finally:
-        if was_locked:
-            tracker.lock()
+    # `token_embedding` is a keras-hub property over `_token_embedding`, and
+    # the functional graphs of the backbone and the task call the layer.
+    replace_layer(getattr(model, "backbone", model), "token_embedding", old, new)
     replace_in_graphs(model, old, new)
     return {
         "path": new.path,
