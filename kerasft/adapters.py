@@ -45,7 +45,7 @@ def base_model_fingerprint(model):
 
 
 def _trained_tensors(model):
-    """`{key: variable}` of what the applied recipe trains (and what it fitted, e.g. QLoRA's corrections)."""
+    """`{key: variable}` of what the applied recipe trains or fitted (QLoRA's corrections)."""
     wrappers = lora_layers(model)
     if wrappers:
         tensors = {}

@@ -25,6 +25,15 @@ REQUANTIZE_WARNING = (
 )
 
 
+def validate_residual_rank(residual_rank):
+    """Raises a ValueError naming `residual_rank` unless it is an int >= 0."""
+    if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or residual_rank < 0:
+        raise ValueError(
+            "`residual_rank` must be a non-negative integer. Received: "
+            f"residual_rank={residual_rank!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="kerasft")
 class QLoRADense(LoRADense):
     """A `LoRADense` over a quantized layer; merging it warns that it requantizes.
@@ -40,13 +49,7 @@ class QLoRADense(LoRADense):
 
     def __init__(self, layer, residual_rank=0, **kwargs):
         super().__init__(layer, **kwargs)
-        if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or (
-            residual_rank < 0
-        ):
-            raise ValueError(
-                "`residual_rank` must be a non-negative integer. Received: "
-                f"residual_rank={residual_rank!r}"
-            )
+        validate_residual_rank(residual_rank)
         self.residual_rank = residual_rank if hasattr(layer, "requantize") else 0
 
     def build(self, input_shape=None):
@@ -73,7 +76,7 @@ class QLoRADense(LoRADense):
         return outputs + ops.cast(correction, outputs.dtype)
 
     def residual_kernel(self):
-        """The frozen correction `residual_a @ residual_b` in the kernel's shape (float32), or None."""
+        """The frozen correction `residual_a @ residual_b` in the kernel's shape, or None."""
         if not self.residual_rank:
             return None
         a = ops.cast(self.residual_a, "float32")
@@ -181,13 +184,7 @@ class QLoRA(LoRA):
     ):
         if init not in INITS:
             raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
-        if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or (
-            residual_rank < 0
-        ):
-            raise ValueError(
-                "`residual_rank` must be a non-negative integer. Received: "
-                f"residual_rank={residual_rank!r}"
-            )
+        validate_residual_rank(residual_rank)
         super().__init__(
             rank=rank, alpha=alpha, dropout=dropout, targets=targets,
             use_rslora=use_rslora, rank_pattern=rank_pattern,
@@ -285,21 +282,20 @@ class QLoRA(LoRA):
         merged = []
         for wrapper in lora_layers(model):
             layer = wrapper.layer
-            residual = getattr(wrapper, "residual_kernel", lambda: None)()
-            if isinstance(layer, QuantizedEinsumDense) and not requantize:
+            if isinstance(layer, QuantizedEinsumDense):
                 kernel = ops.cast(layer.dequantized_kernel("float32"), "float32")
                 kernel = kernel + wrapper.delta_kernel()
+                residual = getattr(wrapper, "residual_kernel", lambda: None)()
                 if residual is not None:
                     kernel = kernel + residual
-                replacement = float_layer_from_quantized(layer, kernel)
-            else:
-                if isinstance(layer, QuantizedEinsumDense):
+                if requantize:  # one rounding of base + correction + update
                     warnings.warn(f"{wrapper.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
-                    if residual is not None:  # folded into the requantized kernel
-                        layer.requantize(layer.dequantized_kernel("float32") + residual)
-                    LoRADense.merge(wrapper)
+                    layer.requantize(kernel)
+                    replacement = layer
                 else:
-                    wrapper.merge()
+                    replacement = float_layer_from_quantized(layer, kernel)
+            else:
+                wrapper.merge()
                 replacement = layer
             replace_layer(model, wrapper, replacement)
             merged.append(wrapper.target_path)
