@@ -94,11 +94,7 @@ class Classifier(Recipe):
         self.dropout = float(dropout)
         self.seed = seed
 
-    def apply_for_loading(self, model):
-        # The base recipe skips any start its loaded weights replace.
-        return self.apply(model, _base_apply="apply_for_loading")
-
-    def apply(self, model, _base_apply="apply"):
+    def apply(self, model):
         """Builds the classifier on `model.backbone` and returns it (a new model).
 
         Args:
@@ -110,6 +106,13 @@ class Classifier(Recipe):
         Returns:
             A `keras.Model` with attributes `backbone` and `head`.
         """
+        return self._build(model, for_loading=False)
+
+    def apply_for_loading(self, model):
+        # The base recipe skips any start its loaded weights replace.
+        return self._build(model, for_loading=True)
+
+    def _build(self, model, for_loading):
         backbone = getattr(model, "backbone", None)
         if backbone is None:
             raise ValueError(
@@ -117,7 +120,11 @@ class Classifier(Recipe):
                 f"LM). Received: model={getattr(model, 'name', model)!r}"
             )
         if self.base is not None:
-            getattr(self.base, _base_apply)(model)  # wraps/freezes the backbone in place
+            # Wraps/freezes the backbone in place.
+            if for_loading:
+                self.base.apply_for_loading(model)
+            else:
+                self.base.apply(model)
         else:
             freeze_all(model)
         if self.train == "head":
