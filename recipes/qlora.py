@@ -45,14 +45,11 @@ def main():
     calibration_examples = fits_error and cfg.get("calibration_examples")
     if calibration_examples:
         # Training examples (prompt + response), never held-out words.
-        x, _, _ = data.instruction_batches(
+        apply_kwargs["calibration_data"] = data.instruction_batches(
             train_records[:calibration_examples], model.preprocessor.tokenizer,
             template=cfg["template"], sequence_length=cfg["sequence_length"],
             batch_size=16, shuffle=False, truncate="response",
-        ).as_arrays()
-        apply_kwargs["calibration_data"] = [
-            {k: v[i : i + 16] for k, v in x.items()} for i in range(0, len(x["token_ids"]), 16)
-        ]
+        )
     # QLoRA.apply quantizes, wraps, and fits the quantization error
     # (weighted by the calibration activations).
     recipe = train(model, train_records, config, **apply_kwargs)

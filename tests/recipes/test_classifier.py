@@ -109,8 +109,13 @@ def test_bfloat16_backbone_gives_float32_head_and_outputs():
     assert keras.backend.standardize_dtype(model(classification_batch()).dtype) == "float32"
 
 
-@pytest.mark.parametrize("base", [None, {"method": "lora", "rank": 2, "targets": ["decoder_block_1*/attention/*"]}])
-def test_save_and_load_into_a_fresh_model_gives_equal_outputs(tmp_path, base):
+@pytest.mark.parametrize("base", [
+    None,
+    {"method": "lora", "rank": 2, "targets": ["decoder_block_1*/attention/*"]},
+    {"method": "qlora", "rank": 2, "group_size": 16, "residual_rank": 2,
+     "targets": ["decoder_block_1*/attention/*"]},
+], ids=["head", "lora", "qlora-residual"])
+def test_save_and_load_into_a_fresh_model_gives_equal_outputs(tmp_path, monkeypatch, base):
     recipe = Classifier(3, base=base)
     model = recipe.apply(testing.tiny_causal_lm("gemma3"))
     fit(recipe, model, epochs=2)
@@ -122,6 +127,11 @@ def test_save_and_load_into_a_fresh_model_gives_equal_outputs(tmp_path, base):
     assert config["recipe"] == recipe.get_config()
     fresh = testing.tiny_causal_lm("gemma3")  # same base weights (seed 0), new head
     assert not np.allclose(to_numpy(Classifier(3, base=base).apply(testing.tiny_causal_lm("gemma3"))(x)), expected)
+    # A QLoRA base's fitted correction comes from the file, never refitted.
+    monkeypatch.setattr(
+        "kerasft.recipes.qlora.low_rank_residual",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted on load")),
+    )
     restored = load_adapter(fresh, tmp_path)
     np.testing.assert_array_equal(to_numpy(restored(x)), expected)
     saved = {v.path for v in model.trainable_weights}
@@ -150,19 +160,3 @@ def test_config_round_trip_with_a_nested_recipe():
     assert isinstance(rebuilt.base, LoRA)
     assert rebuilt.get_config() == recipe.get_config()
 
-
-def test_qlora_base_with_error_correction_reloads_without_refitting(tmp_path, monkeypatch):
-    base = {"method": "qlora", "rank": 2, "group_size": 16, "residual_rank": 2,
-            "targets": ["decoder_block_1*/attention/*"]}
-    recipe = Classifier(3, base=base)
-    model = recipe.apply(testing.tiny_causal_lm("gemma3"))
-    fit(recipe, model, epochs=1)
-    x = classification_batch()
-    expected = to_numpy(model(x))
-    save_adapter(model, tmp_path)
-    monkeypatch.setattr(
-        "kerasft.recipes.qlora.low_rank_residual",
-        lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted on load")),
-    )
-    restored = load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path)
-    np.testing.assert_array_equal(to_numpy(restored(x)), expected)
