@@ -13,6 +13,7 @@ from kerasft.quantization.quantize_model import METHODS, quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
 from kerasft.quantization.quantizers import MODES, quantized_kernel_bytes
+from kerasft.quantization.sensitivity import quantization_sensitivity, sensitivity_table
 
 __all__ = [
     "METHODS",
@@ -21,6 +22,8 @@ __all__ = [
     "QuantizedEinsumDense",
     "QuantizedEmbedding",
     "nf4_codebook",
+    "quantization_sensitivity",
     "quantize_model",
     "quantized_kernel_bytes",
+    "sensitivity_table",
 ]
