@@ -13,6 +13,8 @@ compiled functions stay as they are; a float layer holding the reconstruction
 computes what the `QuantizedEinsumDense` of `quantize_model` computes.
 """
 
+import contextlib
+
 import numpy as np
 from keras import ops
 
@@ -94,37 +96,27 @@ def quantization_sensitivity(
     return result
 
 
-class reconstructed_kernels:
-    """Context manager: `layers`' kernels hold their quantized reconstruction.
+@contextlib.contextmanager
+def reconstructed_kernels(layers, scheme):
+    """Within the block, `layers`' kernels hold their quantized reconstruction.
 
-    The float kernels are put back on exit, exception or not.
+    Args:
+        layers: float `EinsumDense`/`Dense` layers.
+        scheme: `QuantizedEinsumDense.from_float` arguments (`mode`, ...).
+
+    The float kernels are put back on exit, exception or not (also when
+    quantizing a later layer fails).
     """
-
-    def __init__(self, layers, scheme):
-        self.layers = layers
-        self.scheme = scheme
-        self.saved = []
-
-    def __enter__(self):
-        try:
-            for layer in self.layers:
-                original = ops.convert_to_numpy(layer.kernel)
-                quantized = QuantizedEinsumDense.from_float(layer, **self.scheme)
-                reconstruction = quantized.dequantized_kernel("float32")
-                self.saved.append((layer, original))
-                layer.kernel.assign(ops.cast(reconstruction, layer.kernel.dtype))
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc_info):
-        self._restore()
-        return False
-
-    def _restore(self):
-        while self.saved:
-            layer, original = self.saved.pop()
+    saved = []
+    try:
+        for layer in layers:
+            original = ops.convert_to_numpy(layer.kernel)
+            reconstruction = QuantizedEinsumDense.from_float(layer, **scheme).dequantized_kernel()
+            saved.append((layer, original))
+            layer.kernel.assign(ops.cast(reconstruction, layer.kernel.dtype))
+        yield
+    finally:
+        for layer, original in reversed(saved):
             layer.kernel.assign(original)
 
 

@@ -102,3 +102,16 @@ def test_table_reports_change_against_float():
     assert "| block 0 | 11.00 | +10.0% |" in table
     assert "| query | 9.50 | -5.0% |" in table
     assert table.endswith("| all | 12.00 | +20.0% |")
+
+
+def test_kernels_come_back_when_a_later_layer_cannot_be_quantized():
+    model = tiny_causal_lm("gemma3")
+    before = snapshot(model)
+    block = model.backbone.transformer_layers[0]
+    # Group 32 divides the FFN's 32 inputs but not the query's 16.
+    layers = [block.ffw_linear, block.attention.query_dense]
+    with pytest.raises(ValueError, match="group_size=32"):
+        with reconstructed_kernels(layers, dict(mode="int4", group_size=32)):
+            pass
+    after = snapshot(model)
+    assert all(np.array_equal(before[p], after[p]) for p in before)
