@@ -97,11 +97,12 @@ def main():
             wrapper.lora_b.assign(tensors[f"{wrapper.target_path}/lora_b"])
         value = perplexity(model, batches(held_out, model.preprocessor.tokenizer), progress=False)
         value = value["perplexity"]
-        errors = np.array(list(getattr(recipe, "initialization_report", {}).values()) or [[0, 0]])
+        report = list(getattr(recipe, "initialization_report", {}).values())
+        errors = "-" if not report else "{:.4f} -> {:.4f}".format(*np.mean(report, axis=0))
         change = "" if float_ppl is None else f"{100 * (value / float_ppl - 1):+.1f}%"
         print(
             f"| {args.mode} + rank-{rank} correction | {value:.2f} | {change} | "
-            f"{errors[:, 0].mean():.4f} -> {errors[:, 1].mean():.4f} |",
+            f"{errors} |",
             flush=True,
         )
 
