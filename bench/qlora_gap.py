@@ -84,8 +84,7 @@ def main():
     print("|---|---|---|---|")
     for rank in args.ranks:
         model = gemma3_from_gguf()
-        x, _, _ = batches(train, model.preprocessor.tokenizer).as_arrays()
-        calibration = [{k: v[i : i + 16] for k, v in x.items()} for i in range(0, len(train), 16)]
+        calibration = batches(train, model.preprocessor.tokenizer)
         recipe = QLoRA(
             rank=config["rank"], alpha=config["alpha"], targets=config["targets"],
             quantization=args.mode, group_size=args.group_size,
