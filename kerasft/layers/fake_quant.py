@@ -11,9 +11,9 @@ loss sees the quantized weights.
 import keras
 from keras import ops
 
+from kerasft.einsum import layer_equation, parse_equation
 from kerasft.layers.wrapper import AdapterWrapper
 from kerasft.quantization.codebooks import nf4_codebook
-from kerasft.quantization.equations import DENSE_EQUATION, parse_equation
 from kerasft.quantization.quantizers import mode_bits, resolve_group_size, validate_scheme
 
 
@@ -101,9 +101,7 @@ class FakeQuantDense(AdapterWrapper):
         kwargs.setdefault("name", f"{layer.name}_fake_quant")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, target_path=target_path, **kwargs)
-        self.equation = (
-            layer.equation if isinstance(layer, keras.layers.EinsumDense) else DENSE_EQUATION
-        )
+        self.equation = layer_equation(layer)
         self.axes = parse_equation(self.equation)
         self.kernel_shape = tuple(int(d) for d in layer._kernel.shape)
         self.mode = mode

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kerasft.layers.dora import check_linear_activation, scale_axes
-from kerasft.layers.einsum_axes import kernel_axes
+from kerasft.einsum import kernel_axes
 from kerasft.layers.lora import adapter_dtype_policy, assign_float_kernel, float_kernel
 from kerasft.layers.wrapper import AdapterWrapper
 

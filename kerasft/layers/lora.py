@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from kerasft.layers.einsum_axes import kernel_axes
+from kerasft.einsum import kernel_axes
 from kerasft.layers.wrapper import AdapterWrapper
 
 

@@ -12,7 +12,7 @@ import contextlib
 import numpy as np
 from keras import ops
 
-from kerasft.quantization.equations import DENSE_EQUATION, parse_equation
+from kerasft.einsum import layer_equation, parse_equation
 
 
 def calibration_inputs(batch):
@@ -117,12 +117,6 @@ def _tokenize(preprocessor, texts):
         token_ids[row, : len(ids)] = ids
         mask[row, : len(ids)] = True
     return {"token_ids": token_ids, "padding_mask": mask}
-
-
-def layer_equation(layer):
-    """The einsum equation of a Dense / EinsumDense / quantized layer."""
-    equation = getattr(layer, "equation", None)
-    return DENSE_EQUATION if equation is None else equation
 
 
 def input_rows(inputs, equation, mask=None):

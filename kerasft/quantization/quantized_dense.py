@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasft.einsum import layer_equation, parse_equation
 from kerasft.quantization.codebooks import nf4_codebook
-from kerasft.quantization.equations import DENSE_EQUATION, parse_equation
 from kerasft.quantization.packing import pack_int4, packed_length, unpack_int4_ops
 from kerasft.quantization.quantizers import (
     DOUBLE_QUANT_BLOCK_SIZE,
@@ -71,10 +71,7 @@ def float_layer_spec(layer):
             "The layer is already quantized by Keras. Received: "
             f"layer={layer.name!r} with quantization_mode={layer.quantization_mode!r}"
         )
-    if isinstance(layer, keras.layers.EinsumDense):
-        equation = layer.equation
-    else:
-        equation = DENSE_EQUATION
+    equation = layer_equation(layer)
     bias = getattr(layer, "bias", None)
     return {
         "equation": equation,

@@ -64,7 +64,7 @@ class QAT(Recipe):
         return model
 
     def _check_group_size(self, path, layer):
-        from kerasft.quantization.equations import DENSE_EQUATION, parse_equation
+        from kerasft.einsum import layer_equation, parse_equation
         from kerasft.quantization.quantizers import resolve_group_size
 
         if not hasattr(layer, "_kernel") or getattr(layer, "quantization_mode", None):
@@ -72,8 +72,7 @@ class QAT(Recipe):
                 "QAT trains float `Dense`/`EinsumDense` kernels. Received: layer "
                 f"{path!r} of type {type(layer).__name__}"
             )
-        equation = getattr(layer, "equation", DENSE_EQUATION)
-        size = parse_equation(equation).contracted_size(tuple(layer._kernel.shape))
+        size = parse_equation(layer_equation(layer)).contracted_size(tuple(layer._kernel.shape))
         try:
             resolve_group_size(self.mode, self.group_size, size)
         except ValueError as error:

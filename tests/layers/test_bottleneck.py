@@ -4,7 +4,7 @@ import pytest
 
 from kerasft.layers.bottleneck import BottleneckAdapter
 from tests.conftest import to_numpy
-from tests.layers.test_einsum_axes import build_einsum
+from tests.test_einsum import build_einsum
 from tests.layers.test_lora import random_inputs
 
 # attention_output and ffw_linear: the layers adapters follow in Gemma.

@@ -4,7 +4,7 @@ import pytest
 
 from kerasft.layers.ia3 import IA3Dense
 from tests.conftest import to_numpy
-from tests.layers.test_einsum_axes import GEMMA_EQUATIONS, build_einsum
+from tests.test_einsum import GEMMA_EQUATIONS, build_einsum
 from tests.layers.test_lora import random_inputs
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from kerasft.layers.lora import LoRADense
 from tests.conftest import to_numpy
-from tests.layers.test_einsum_axes import GEMMA_EQUATIONS, build_einsum
+from tests.test_einsum import GEMMA_EQUATIONS, build_einsum
 
 
 def random_inputs(layer_input_dim, seed=0):
