@@ -8,6 +8,52 @@ import keras
 NO_DECAY_NAMES = ("scale", "bias", "embeddings", "gamma", "beta")
 
 
+@keras.saving.register_keras_serializable(package="kerasft")
+class OptimizerStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Evaluates `schedule` at the optimizer step under gradient accumulation.
+
+    With `gradient_accumulation_steps=k`, Keras calls the learning-rate
+    schedule with its micro-batch counter (`optimizer._iterations`), so a
+    schedule sized in optimizer steps would run `k` times too fast. The
+    micro-batch that applies optimizer step `j` (0-based) runs with counter
+    `j * k + k - 1`, so `counter // k` is exactly `j` there.
+
+    Args:
+        schedule: a `keras.optimizers.schedules.LearningRateSchedule` whose
+            step argument is the optimizer step.
+        accumulation_steps: micro-batches per optimizer step.
+    """
+
+    def __init__(self, schedule, accumulation_steps):
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(
+                "`schedule` must be a keras.optimizers.schedules.LearningRateSchedule. "
+                f"Received: schedule={schedule!r}"
+            )
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(
+                "`accumulation_steps` must be an integer >= 1. Received: "
+                f"accumulation_steps={accumulation_steps!r}"
+            )
+        self.schedule = schedule
+        self.accumulation_steps = accumulation_steps
+
+    def __call__(self, step):
+        return self.schedule(keras.ops.floor_divide(step, self.accumulation_steps))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "accumulation_steps": self.accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
 def warmup_cosine_schedule(learning_rate, total_steps, warmup_steps=None, final_fraction=0.0):
     """Linear warm-up to `learning_rate`, then cosine decay to `final_fraction` of it.
 
@@ -53,9 +99,14 @@ def adamw(
     """AdamW with decay off for norms, biases and embeddings.
 
     Args:
-        learning_rate: peak learning rate (a float), or a schedule.
+        learning_rate: peak learning rate (a float), or a
+            `keras.optimizers.schedules.LearningRateSchedule`. A schedule's
+            step is the optimizer step: with gradient accumulation it is
+            wrapped in `OptimizerStepSchedule` (Keras itself would call it
+            once per micro-batch).
         total_steps: if given, warm-up then cosine decay over this many
-            optimizer steps; otherwise the learning rate is constant.
+            optimizer steps (micro-batches / `gradient_accumulation_steps`);
+            otherwise the learning rate is constant.
         warmup_steps: warm-up steps (default 5% of `total_steps`).
         weight_decay: decoupled weight decay.
         gradient_accumulation_steps: micro-batches per optimizer step.
@@ -69,6 +120,12 @@ def adamw(
         )
     if total_steps is not None and isinstance(learning_rate, (int, float)):
         learning_rate = warmup_cosine_schedule(learning_rate, total_steps, warmup_steps)
+    if (
+        gradient_accumulation_steps > 1
+        and isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        and not isinstance(learning_rate, OptimizerStepSchedule)
+    ):
+        learning_rate = OptimizerStepSchedule(learning_rate, gradient_accumulation_steps)
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate,
         weight_decay=weight_decay,

@@ -54,3 +54,84 @@ def test_weight_decay_is_dropped_when_no_variable_takes_it():
     optimizer.apply_gradients(zip(grads, [embeddings]))  # crashed on torch before
     kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
     assert drop_unused_weight_decay(adamw(weight_decay=0.1), [kernel]).weight_decay == 0.1
+
+
+class _RecordSteps(keras.callbacks.Callback):
+    """Records the learning rate each micro-batch runs with and the weights after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+        self.weights = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # `optimizer.learning_rate` evaluates the schedule at the counter the
+        # coming train step reads, so this is the rate that step applies.
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append([np.array(keras.ops.convert_to_numpy(v)) for v in self.model.trainable_weights])
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 2])
+def test_accumulation_schedule_counts_optimizer_steps(warmup_steps):
+    from kerasft import testing
+    from kerasft.losses import TokenNormalizedBatches
+    from kerasft.recipes import LoRA
+
+    k, total_steps = 4, 5
+    model = testing.tiny_causal_lm("gemma3")
+    recipe = LoRA(rank=4, targets=("query", "value"))
+    recipe.apply(model)
+    recipe.compile(
+        model,
+        learning_rate=1e-2,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        gradient_accumulation_steps=k,
+    )
+    data = TokenNormalizedBatches(
+        [testing.random_token_batch(seed=i) for i in range(k * total_steps)], accumulation_steps=k
+    )
+    record = _RecordSteps()
+    # keras-hub's CausalLM.fit turns its input into tf.data; keras.Model.fit takes the PyDataset.
+    keras.Model.fit(model, data, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+
+    expected = warmup_cosine_schedule(1e-2, total_steps, warmup_steps)
+    applied = [record.rates[step * k + k - 1] for step in range(total_steps)]
+    np.testing.assert_allclose(
+        applied, [float(expected(step)) for step in range(total_steps)], rtol=1e-6, atol=1e-12
+    )
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == total_steps
+
+    def moved(before, after):
+        return max(float(np.abs(a - b).max()) for a, b in zip(before, after))
+
+    # Weights change at every optimizer step whose rate is not zero (step 0
+    # of a warm-up starts at zero) and never inside an accumulation window.
+    first_moving_step = 1 if warmup_steps else 0
+    for step in range(first_moving_step, total_steps):
+        applying = step * k + k - 1
+        before = record.weights[applying - 1]
+        assert moved(before, record.weights[applying]) > 1e-7, f"optimizer step {step}"
+    for micro in range(1, k * total_steps):
+        if micro % k != k - 1:
+            assert moved(record.weights[micro - 1], record.weights[micro]) == 0.0, f"micro-batch {micro}"
+
+
+def test_user_schedule_is_evaluated_at_optimizer_steps_and_serializes():
+    from kerasft.optimizers import OptimizerStepSchedule
+
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1, 2], [3.0, 2.0, 1.0])
+    optimizer = adamw(learning_rate=schedule, gradient_accumulation_steps=4)
+    assert isinstance(optimizer._learning_rate, OptimizerStepSchedule)
+    # Micro-batch counter 0..3 is optimizer step 0, 4..7 step 1, 8.. step 2.
+    values = [float(optimizer._learning_rate(i)) for i in (0, 3, 4, 7, 8, 11, 12)]
+    assert values == [3.0, 3.0, 3.0, 3.0, 2.0, 2.0, 1.0]
+    rebuilt = keras.optimizers.AdamW.from_config(optimizer.get_config())
+    assert isinstance(rebuilt._learning_rate, OptimizerStepSchedule)
+    assert [float(rebuilt._learning_rate(i)) for i in (0, 3, 4, 7, 8, 11, 12)] == values
+    # Without accumulation a schedule is used as given.
+    assert adamw(learning_rate=schedule)._learning_rate is schedule
+    # Wrapping is not repeated.
+    assert adamw(learning_rate=optimizer._learning_rate, gradient_accumulation_steps=4)._learning_rate is optimizer._learning_rate

@@ -124,8 +124,10 @@ class Recipe:
         Args:
             model: the model `apply` returned.
             learning_rate: peak learning rate.
-            total_steps: optimizer steps of the run; enables warm-up + cosine.
-            warmup_steps: warm-up steps (default 5% of `total_steps`).
+            total_steps: optimizer steps of the run (micro-batches divided by
+                `gradient_accumulation_steps`); enables warm-up + cosine. The
+                schedule advances once per optimizer step, not per micro-batch.
+            warmup_steps: warm-up optimizer steps (default 5% of `total_steps`).
             weight_decay: AdamW's decoupled weight decay.
             gradient_accumulation_steps: micro-batches per optimizer step. With
                 more than one, feed batches through
