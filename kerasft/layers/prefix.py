@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from kerasft.layers.wrapper import AdapterWrapper
+from kerasft.models import architecture
 
 ATTENTION_CLASS_NAMES = ("CachedGemmaAttention", "CachedGemma3Attention")
 
@@ -286,8 +287,7 @@ def attention_layers(model):
     Raises:
         ValueError: if the model has no keras-hub Gemma attention layers.
     """
-    backbone = getattr(model, "backbone", model)
-    blocks = getattr(backbone, "transformer_layers", None) or []
+    blocks = getattr(architecture.backbone(model), "transformer_layers", None) or []
     found = [(block.attention.path, block.attention) for block in blocks
              if is_prefixable_attention(getattr(block, "attention", None))]
     if not found or len(found) != len(blocks):
@@ -318,7 +318,7 @@ def wrap_attention_layers(model, num_virtual_tokens, provider=None):
 
 def embed_tokens(model, token_ids):
     """Token ids `(P,)` -> scaled input embeddings `(1, P, hidden)`, as the backbone."""
-    backbone = getattr(model, "backbone", model)
+    backbone = architecture.backbone(model)
     x = backbone.token_embedding(ops.convert_to_tensor(np.asarray(token_ids, "int32")[None]))
     return x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
 
@@ -334,7 +334,7 @@ def capture_prefixes(model, embeddings):
         One `(key, value)` pair per layer, each `(P, kv_heads, head_dim)`:
         exactly the prefix that makes later tokens see this prompt.
     """
-    backbone = getattr(model, "backbone", model)
+    backbone = architecture.backbone(model)
     wrappers = prefix_wrappers(model)
     length = ops.shape(embeddings)[1]
     captured = []
@@ -343,7 +343,7 @@ def capture_prefixes(model, embeddings):
     try:
         x = ops.cast(embeddings, backbone.compute_dtype)
         mask = ops.ones((1, length), "int32")
-        for block in backbone.transformer_layers:
+        for block in architecture.decoder_blocks(model):
             x = block(x, padding_mask=mask)
     finally:
         for wrapper in wrappers:

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasft.models import architecture
 from kerasft.quantization.calibration import (
     calibration_batches,
     collect_hessians,
@@ -37,19 +38,8 @@ METHODS = ("rtn", "clip", "gptq", "clip+gptq")
 
 
 def decoder_blocks(model):
-    """The decoder blocks of a keras-hub causal LM (or backbone).
-
-    Raises:
-        ValueError: if the model has no `transformer_layers`.
-    """
-    backbone = getattr(model, "backbone", model)
-    blocks = getattr(backbone, "transformer_layers", None)
-    if not blocks:
-        raise ValueError(
-            "`model` must be a keras-hub causal LM or backbone with "
-            f"`transformer_layers`. Received: model of type {type(model).__name__}"
-        )
-    return list(blocks)
+    """The decoder blocks of a keras-hub causal LM (or backbone); see `architecture`."""
+    return architecture.decoder_blocks(model)
 
 
 def _is_float_dense(layer):
@@ -305,7 +295,7 @@ def quantize_model(
 
 
 def _check_float_embedding(model):
-    backbone = getattr(model, "backbone", model)
+    backbone = architecture.backbone(model)
     embedding = getattr(backbone, "token_embedding", None)
     if isinstance(embedding, QuantizedEmbedding):
         raise ValueError(
@@ -335,7 +325,7 @@ def quantize_embedding(model):
     new = QuantizedEmbedding.from_float(old)
     # `token_embedding` is a keras-hub property over `_token_embedding`, and
     # the functional graphs of the backbone and the task call the layer.
-    replace_layer(getattr(model, "backbone", model), "token_embedding", old, new)
+    replace_layer(architecture.backbone(model), "token_embedding", old, new)
     replace_in_graphs(model, old, new)
     return {
         "path": new.path,

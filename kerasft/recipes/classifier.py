@@ -3,6 +3,7 @@
 import keras
 
 from kerasft.layers.pooling import POOLING_MODES, SequencePooling
+from kerasft.models import architecture
 from kerasft.recipes.base import (
     Recipe,
     freeze_all,
@@ -113,12 +114,12 @@ class Classifier(Recipe):
         return self._build(model, for_loading=True)
 
     def _build(self, model, for_loading):
-        backbone = getattr(model, "backbone", None)
-        if backbone is None:
+        if not architecture.has_backbone(model):
             raise ValueError(
                 "Classifier needs a model with a `backbone` (a keras-hub causal "
                 f"LM). Received: model={getattr(model, 'name', model)!r}"
             )
+        backbone = architecture.backbone(model)
         if self.base is not None:
             # Wraps/freezes the backbone in place.
             if for_loading:

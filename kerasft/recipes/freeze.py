@@ -1,12 +1,12 @@
 """Freezing: only chosen blocks or layers train."""
 
+from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.targeting import iter_layers, path_matches
 
 
 def _block_paths(model, index):
-    backbone = getattr(model, "backbone", model)
-    blocks = getattr(backbone, "transformer_layers", None)
+    blocks = getattr(architecture.backbone(model), "transformer_layers", None)
     if not blocks:
         raise ValueError(
             "Block indices in `trainable` need a backbone with "

@@ -2,6 +2,7 @@
 
 from kerasft.layers.prefix import attention_layers, prefix_wrappers, wrap_attention_layers
 from kerasft.layers.soft_prompt import PrefixEncoder
+from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 
 
@@ -75,7 +76,7 @@ class PrefixTuning(Recipe):
     def apply(self, model):
         attention_layers(model)  # fail before changing anything
         freeze_all(model)
-        backbone = getattr(model, "backbone", model)
+        backbone = architecture.backbone(model)
         provider = None
         if self.reparameterize and self.num_virtual_tokens:
             provider = build_provider(PrefixEncoder(

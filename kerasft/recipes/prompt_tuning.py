@@ -5,6 +5,7 @@ from keras import ops
 
 from kerasft.layers.prefix import attention_layers, wrap_attention_layers
 from kerasft.layers.soft_prompt import PROMPT_ENCODERS, SoftPrompt
+from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.recipes.prefix_tuning import (
     build_provider,
@@ -14,7 +15,7 @@ from kerasft.recipes.prefix_tuning import (
 
 
 def _soft_prompt(model, num_virtual_tokens, encoder=None, hidden=None):
-    backbone = getattr(model, "backbone", model)
+    backbone = architecture.backbone(model)
     provider = build_provider(SoftPrompt(
         num_virtual_tokens, backbone.num_layers, backbone.hidden_dim, encoder=encoder,
         encoder_hidden=hidden, embeddings_scale=float(np.sqrt(backbone.hidden_dim)),
@@ -70,7 +71,7 @@ class PromptTuning(Recipe):
         if self.init_token_ids is not None or self.init == "random":
             return self.init_token_ids
         if self.init == "vocab":
-            vocabulary_size = getattr(model, "backbone", model).vocabulary_size
+            vocabulary_size = architecture.backbone(model).vocabulary_size
             rng = np.random.default_rng(self.seed)
             return [int(i) for i in rng.integers(0, vocabulary_size, self.num_virtual_tokens)]
         ids = _tokenize(self.init, self.tokenizer, model)
@@ -81,7 +82,7 @@ class PromptTuning(Recipe):
     def apply(self, model):
         attention_layers(model)  # fail before changing anything
         ids = self._init_ids(model)
-        backbone = getattr(model, "backbone", model)
+        backbone = architecture.backbone(model)
         table = ops.convert_to_numpy(ops.cast(backbone.token_embedding.embeddings, "float32"))
         freeze_all(model)
         provider = _soft_prompt(model, self.num_virtual_tokens, self.encoder, getattr(self, "hidden", None))

@@ -1,0 +1,46 @@
+"""Where things are in a keras-hub Gemma-style model.
+
+The one module that knows the layout of the model families kerasft supports
+(keras-hub `GemmaCausalLM` / `Gemma3CausalLM` and backbones built the same
+way): the backbone of a task, its decoder blocks, the token embedding that is
+also the tied output projection, and the names of the attention and MLP
+kernels inside a block. Recipes, quantizers, evaluation and adapter files ask
+it instead of reaching into `model.backbone.transformer_layers` themselves.
+Mirrors keras-hub 0.32 (`keras_hub/src/models/gemma/`, `.../gemma3/`).
+"""
+
+from typing import Any
+
+# Layer names of the dense kernels of a Gemma / Gemma 3 decoder block.
+ATTENTION_LAYER_NAMES = ("query", "key", "value", "attention_output")
+MLP_LAYER_NAMES = ("ffw_gating", "ffw_gating_2", "ffw_linear")
+
+
+def backbone(model: Any) -> Any:
+    """The backbone of a keras-hub task (`model.backbone`), or `model` itself."""
+    return getattr(model, "backbone", model)
+
+
+def has_backbone(model: Any) -> bool:
+    """Whether `model` is a keras-hub task with a `backbone` (not a bare backbone)."""
+    return getattr(model, "backbone", None) is not None
+
+
+def decoder_blocks(model: Any) -> list:
+    """The decoder blocks of a keras-hub causal LM or backbone, in order.
+
+    Raises:
+        ValueError: if the model has no decoder blocks (`transformer_layers`).
+    """
+    blocks = getattr(backbone(model), "transformer_layers", None)
+    if not blocks:
+        raise ValueError(
+            "`model` must be a keras-hub causal LM or backbone with decoder blocks "
+            f"(`transformer_layers`). Received: model of type {type(model).__name__}"
+        )
+    return list(blocks)
+
+
+def token_embedding(model: Any) -> Any:
+    """The token embedding layer (also the tied output projection), or None."""
+    return getattr(backbone(model), "token_embedding", None)
