@@ -8,7 +8,7 @@ from kerasft.recipes.lora import LoRA
 from kerasft.recipes.prefix_tuning import PrefixTuning
 from kerasft.recipes.prompt_tuning import PromptTuning, PTuning
 from kerasft.recipes.ia3 import IA3
-from kerasft.recipes.adapters import Adapters
+from kerasft.recipes.bottleneck_adapters import Adapters
 from kerasft.recipes.qat import QAT
 from kerasft.recipes.qlora import QLoRA
 
