@@ -28,14 +28,7 @@ import numpy as np
 from keras import ops
 
 from kerasft.layers.wrapper import AdapterWrapper
-from kerasft.models import architecture
-
-ATTENTION_CLASS_NAMES = ("CachedGemmaAttention", "CachedGemma3Attention")
-
-
-def is_prefixable_attention(layer):
-    """Whether `layer` is a keras-hub Gemma / Gemma 3 attention layer."""
-    return type(layer).__name__ in ATTENTION_CLASS_NAMES
+from kerasft.models import architecture, gemma_attention
 
 
 class PrefixProvider(keras.layers.Layer):
@@ -97,7 +90,7 @@ class PrefixAttention(AdapterWrapper):
         target_path=None,
         **kwargs,
     ):
-        if not is_prefixable_attention(layer):
+        if not gemma_attention.is_gemma_attention(layer):
             raise ValueError(
                 "PrefixAttention wraps keras-hub Gemma attention layers only. "
                 f"Received: layer of type {type(layer).__name__}"
@@ -146,17 +139,6 @@ class PrefixAttention(AdapterWrapper):
             return self.provider.prefix_for(self.layer_index)
         return self.prefix_key, self.prefix_value
 
-    def _project(self, x, start_index):
-        layer = self.layer
-        query = layer.query_dense(x)
-        key = layer.key_dense(x)
-        if getattr(layer, "use_query_key_norm", False):
-            query = layer.query_norm(query)
-            key = layer.key_norm(key)
-        query = layer._apply_rope(query, start_index)
-        key = layer._apply_rope(key, start_index)
-        return query, key, layer.value_dense(x)
-
     def call(
         self,
         x,
@@ -169,25 +151,14 @@ class PrefixAttention(AdapterWrapper):
         layer = self.layer
         capturing = self._capture is not None
         offset = -self.num_virtual_tokens if capturing else 0
-        query, key, value = self._project(x, cache_update_index + offset)
+        query, key, value = gemma_attention.project(layer, x, cache_update_index + offset)
         if capturing:
             self._capture.append((key[0], value[0]))
-
         if cache is not None:
-            stacked = not isinstance(cache, (tuple, list))  # Gemma 1: [B, 2, S, K, H]
-            key_cache, value_cache = (cache[:, 0, ...], cache[:, 1, ...]) if stacked else cache
-            start = [0, cache_update_index, 0, 0]
-            if cache_update_mask is not None:  # Gemma 3: keep prompt entries
-                update_mask = ops.expand_dims(ops.expand_dims(cache_update_mask, -1), -1)
-                key = ops.where(update_mask, key, ops.slice(key_cache, start, ops.shape(key)))
-                value = ops.where(update_mask, value, ops.slice(value_cache, start, ops.shape(value)))
-            key = ops.slice_update(key_cache, start, key)
-            value = ops.slice_update(value_cache, start, value)
-            cache = ops.stack((key, value), axis=1) if stacked else (key, value)
-
-        mask = attention_mask
-        if layer.use_sliding_window_attention and mask is not None:
-            mask = layer._mask_sliding_window(mask, cache_update_index=cache_update_index)
+            key, value, cache = gemma_attention.update_cache(
+                cache, key, value, cache_update_index, cache_update_mask
+            )
+        mask = gemma_attention.sliding_window_mask(layer, attention_mask, cache_update_index)
         if not capturing and self.num_virtual_tokens:
             prefix_key, prefix_value = self.prefix()
             batch_size = ops.shape(key)[0]
@@ -201,48 +172,11 @@ class PrefixAttention(AdapterWrapper):
             if mask is not None:
                 visible = ops.ones((batch_size, ops.shape(mask)[1], self.num_virtual_tokens), mask.dtype)
                 mask = ops.concatenate([visible, mask], axis=-1)
-
-        attention_vec = self._attend(query, key, value, mask, training)
-        if mask is not None:
-            # As the wrapped layer: zero rows that attend to nothing.
-            no_attended = ops.all(ops.equal(mask, 0), axis=-1, keepdims=True)[..., None]
-            attention_vec = ops.where(no_attended, ops.zeros_like(attention_vec), attention_vec)
+        attention_vec = gemma_attention.attend(layer, query, key, value, mask, training)
         output = layer.output_dense(attention_vec)
         if cache is not None:
             return output, cache
         return output
-
-    def _attend(self, q, k, v, mask, training):
-        """The wrapped layer's `_compute_attention`, minus its sliding window
-        (applied by `call` before the prefix columns are added)."""
-        layer = self.layer
-        if layer.query_head_dim_normalize:
-            normalization = 1 / np.sqrt(layer.head_dim)
-        else:
-            normalization = 1 / np.sqrt(layer.hidden_dim // layer.num_query_heads)
-        if layer._use_fused_attention_op():
-            kwargs = {"attn_logits_soft_cap": layer.logit_soft_cap} if layer.logit_soft_cap else {}
-            if mask is not None:
-                mask = ops.cast(ops.expand_dims(mask, axis=1), "bool")
-            return ops.dot_product_attention(
-                query=q, key=k, value=v, mask=mask, scale=normalization, **kwargs
-            )
-        q *= ops.cast(normalization, dtype=q.dtype)
-        q_shape = ops.shape(q)
-        groups = layer.num_query_heads // layer.num_key_value_heads
-        q = ops.reshape(q, (*q_shape[:-2], layer.num_key_value_heads, groups, q_shape[-1]))
-        b, q_len, _, _, h = ops.shape(q)
-        logits = ops.einsum("btkgh,bskh->bkgts", q, k)
-        if layer.logit_soft_cap is not None:
-            logits = ops.multiply(ops.tanh(ops.divide(logits, layer.logit_soft_cap)), layer.logit_soft_cap)
-        if mask is not None:
-            mask = mask[:, None, None, :, :]
-        dtype = logits.dtype
-        weights = ops.cast(layer.softmax(logits, mask=mask), dtype)
-        if layer.dropout:
-            weights = layer.dropout_layer(weights, training=training)
-        results = ops.einsum("bkgts,bskh->btkgh", weights, v)
-        return ops.reshape(results, (b, q_len, layer.num_query_heads, h))
 
     def fold(self):
         """Replaces a provider by its current output, stored as own weights."""
@@ -289,7 +223,7 @@ def attention_layers(model):
     """
     blocks = getattr(architecture.backbone(model), "transformer_layers", None) or []
     found = [(block.attention.path, block.attention) for block in blocks
-             if is_prefixable_attention(getattr(block, "attention", None))]
+             if gemma_attention.is_gemma_attention(getattr(block, "attention", None))]
     if not found or len(found) != len(blocks):
         raise ValueError(
             "Prefix and prompt tuning need a keras-hub Gemma / Gemma 3 model whose "
