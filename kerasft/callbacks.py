@@ -74,16 +74,20 @@ def _json_safe(value):
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
-def _without_optimizer_names(config):
-    # Keras names optimizers `adam_w`, `adam_w_1`, ... per instance in a process.
+def _without_instance_details(config):
+    # Keras names optimizers `adam_w`, `adam_w_1`, ... per instance in a
+    # process, and a class's `module` is backend-specific
+    # (`keras.src.backend.torch.optimizers.torch_adamw`): neither says what
+    # the run trains with.
     if isinstance(config, dict):
+        is_optimizer = "learning_rate" in config or "inner_optimizer" in config
         return {
-            k: _without_optimizer_names(v)
+            k: _without_instance_details(v)
             for k, v in config.items()
-            if not (k == "name" and "learning_rate" in config)
+            if not (k == "name" and is_optimizer) and not (k == "module" and "class_name" in config)
         }
     if isinstance(config, list):
-        return [_without_optimizer_names(v) for v in config]
+        return [_without_instance_details(v) for v in config]
     return config
 
 
@@ -108,7 +112,7 @@ def training_config(model, data_config=None):
 
     return {
         "recipe": _json_safe(applied_recipe_config(model)),
-        "optimizer": _without_optimizer_names(_json_safe(model.optimizer.get_config())),
+        "optimizer": _without_instance_details(_json_safe(model.optimizer.get_config())),
         "data": _json_safe(data_config),
     }
 
