@@ -3,8 +3,8 @@
 A target is one of:
 - a layer name, matched against the last component of `layer.path`
   (`"query"` matches `decoder_block_3/attention/query`);
-- a glob on `layer.path` (`"decoder_block_1*/attention/value"`), recognised by
-  a `/` or a glob character;
+- a glob (recognised by a `/` or a glob character) on the layer name
+  (`"ffw_*"`) or on the whole `layer.path` (`"decoder_block_1*/attention/value"`);
 - a shortcut: `"attention"`, `"mlp"` or `"all-linear"`.
 """
 
@@ -44,14 +44,21 @@ def normalize_targets(targets):
 
 
 def path_matches(path, target):
-    """Whether `path` is selected by one target (name, glob or shortcut)."""
+    """Whether `path` is selected by one target (name, glob or shortcut).
+
+    A shortcut selects its layer names; any other target matches the layer
+    name (the last component of `path`) exactly or as a glob (`"ffw_*"`), or
+    the whole path as a glob (`"decoder_block_1*"`, `"*/attention/value"`).
+    """
     name = path.rsplit("/", 1)[-1]
     if target in SHORTCUTS:
         names = SHORTCUTS[target]
         return names is None or name in names
+    if name == target:
+        return True
     if "/" in target or _GLOB_CHARACTERS & set(target):
-        return fnmatch.fnmatchcase(path, target)
-    return name == target
+        return fnmatch.fnmatchcase(name, target) or fnmatch.fnmatchcase(path, target)
+    return False
 
 
 def iter_layers(model):

@@ -15,7 +15,6 @@ recorded with blocks `0..i-1` already quantized, so later blocks compensate
 for the error of earlier ones.
 """
 
-import fnmatch
 
 import keras
 import numpy as np
@@ -32,7 +31,7 @@ from kerasft.quantization.gptq import gptq_quantize_matrix
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
 from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
-from kerasft.targeting import replace_in_graphs, unlocked_tracker
+from kerasft.targeting import path_matches, replace_in_graphs, unlocked_tracker
 
 METHODS = ("rtn", "clip", "gptq", "clip+gptq")
 
@@ -49,11 +48,9 @@ def _is_float_dense(layer):
 
 
 def _matches(layer, patterns):
-    if patterns is None:
-        return True
-    return any(
-        layer.name == p or fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.path, p)
-        for p in patterns
+    # `layer.name` too: a layer held by a kerasft wrapper keeps its own path.
+    return patterns is None or any(
+        path_matches(layer.path, p) or path_matches(layer.name, p) for p in patterns
     )
 
 
@@ -62,10 +59,9 @@ def find_targets(block, targets=None):
 
     Args:
         block: a decoder block layer.
-        targets: None (every `EinsumDense`/`Dense` in the block) or a list of
-            layer names or `fnmatch` patterns matched against the layer's
-            name and its path (e.g. `"query"`, `"ffw_*"`,
-            `"*decoder_block_0/*"`).
+        targets: None (every `EinsumDense`/`Dense` in the block) or targets
+            in `kerasft.targeting`'s grammar (e.g. `"query"`, `"ffw_*"`,
+            `"mlp"`, `"*decoder_block_0/*"`).
 
     Returns:
         A list of `(parent, attribute_name, layer)` in the block's layer order.
@@ -204,8 +200,9 @@ def quantize_model(
             `Gemma3CausalLM`) or its backbone.
         mode: `"int8"`, `"int4"` or `"nf4"`.
         targets: None for every `EinsumDense`/`Dense` of every decoder block,
-            or a list of layer names / `fnmatch` patterns on names and paths
-            (e.g. `["query", "value"]`, `["ffw_*"]`). Each must match.
+            or targets in `kerasft.targeting`'s grammar: layer names, globs
+            on names or paths, shortcuts (e.g. `["query", "value"]`,
+            `["ffw_*"]`, `["mlp"]`). Each must match.
         group_size: `"auto"` (per channel for int8, 64 for int4/nf4), None
             (per channel) or an int dividing every targeted layer's
             contracted size.
@@ -250,9 +247,11 @@ def quantize_model(
     all_layers = [layer for block_plan in plan for _, _, layer in block_plan]
     for pattern in targets or []:
         if not any(_matches(layer, [pattern]) for layer in all_layers):
+            paths = sorted(layer.path for block in blocks for _, _, layer in find_targets(block))
             raise ValueError(
                 "A target matched no float dense layer in the decoder blocks. "
-                f"Received: targets={targets}, unmatched={pattern!r}"
+                f"Received: targets={targets}, unmatched={pattern!r}. "
+                f"Float dense layer paths: {paths}"
             )
     if not all_layers:
         raise ValueError(f"No float dense layer to quantize. Received: targets={targets}")

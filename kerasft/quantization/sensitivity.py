@@ -14,7 +14,9 @@ computes what the `QuantizedEinsumDense` of `quantize_model` computes.
 """
 
 import contextlib
+from typing import Any, Iterable, Iterator, Sequence
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -28,16 +30,16 @@ GROUPINGS = ("kind", "block")
 
 
 def quantization_sensitivity(
-    model,
-    batches,
-    mode="nf4",
-    group_size="auto",
-    asymmetric=False,
-    double_quantize=False,
-    by="kind",
-    targets=None,
-    progress=True,
-):
+    model: keras.Model,
+    batches: Iterable[Any],
+    mode: str = "nf4",
+    group_size: int | str | None = "auto",
+    asymmetric: bool = False,
+    double_quantize: bool = False,
+    by: str = "kind",
+    targets: str | Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Perplexity with each group of decoder kernels quantized alone.
 
     Args:
@@ -49,8 +51,8 @@ def quantization_sensitivity(
             scheme, as for `kerasft.quantize`.
         by: `"kind"` groups kernels by layer name (`"query"`,
             `"ffw_linear"`, ...); `"block"` by decoder block index.
-        targets: None (every dense kernel of every decoder block) or layer
-            names / `fnmatch` patterns, as for `kerasft.quantize`.
+        targets: None (every dense kernel of every decoder block) or targets
+            in `kerasft.targeting`'s grammar, as for `kerasft.quantize`.
         progress: show a progress bar over the evaluations.
 
     Returns:
@@ -83,7 +85,7 @@ def quantization_sensitivity(
     )
     bar = Progress(len(groups) + 2, progress, unit_name="evaluation")
 
-    def evaluate(layers):
+    def evaluate(layers: list[keras.Layer]) -> float:
         with reconstructed_kernels(layers, scheme):
             result = perplexity(model, batches, progress=False)["perplexity"]
         bar.update()
@@ -97,7 +99,9 @@ def quantization_sensitivity(
 
 
 @contextlib.contextmanager
-def reconstructed_kernels(layers, scheme):
+def reconstructed_kernels(
+    layers: Sequence[keras.Layer], scheme: dict[str, Any]
+) -> Iterator[None]:
     """Within the block, `layers`' kernels hold their quantized reconstruction.
 
     Args:
@@ -120,7 +124,7 @@ def reconstructed_kernels(layers, scheme):
             layer.kernel.assign(original)
 
 
-def sensitivity_table(result):
+def sensitivity_table(result: dict[str, Any]) -> str:
     """The result of `quantization_sensitivity` as Markdown rows (change vs float)."""
     base = result["float"]
     rows = ["| quantized | perplexity | change |", "|---|---|---|"]

@@ -151,7 +151,8 @@ class QLoRA(LoRA):
         double_quant: store the scales as int8 blocks (QLoRA's double
             quantization).
         quantize_targets: None for every kernel of every decoder block, or
-            layer names / `fnmatch` patterns (see `quantize_model`).
+            targets in the same grammar as `targets` (names, globs,
+            `"attention"` / `"mlp"`; see `kerasft.targeting`).
         quantize_embedding: also store the frozen tied token embedding as
             int8 with a scale per row (for Gemma 3 270M, 168M of its 268M
             parameters).
