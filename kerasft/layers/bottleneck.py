@@ -10,7 +10,7 @@ from kerasft.layers.lora import adapter_dtype_policy
 from kerasft.layers.wrapper import AdapterWrapper
 
 
-def validate_bottleneck_arguments(bottleneck, activation):
+def validate_bottleneck_arguments(bottleneck: int, activation: str) -> None:
     """Raises a `ValueError` naming the first bad bottleneck-adapter argument."""
     if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck <= 0:
         raise ValueError(

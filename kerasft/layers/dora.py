@@ -7,6 +7,8 @@ and `m` is a trainable vector over the fan-out axes, initialised to `||W||`
 so that the wrapped model's output is unchanged at first.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -21,7 +23,7 @@ from kerasft.layers.lora import (
 _MIN_NORM = 1e-12
 
 
-def scale_axes(tensor, letters, vector, vector_letters):
+def scale_axes(tensor: Any, letters: str, vector: Any, vector_letters: str) -> Any:
     """Multiplies `tensor` (axes `letters`) by `vector` (axes `vector_letters`).
 
     An einsum, so that the vector broadcasts along the named axes whatever
@@ -32,7 +34,7 @@ def scale_axes(tensor, letters, vector, vector_letters):
     return ops.einsum(f"{letters},{vector_letters}->{letters}", tensor, vector)
 
 
-def check_linear_activation(layer, method):
+def check_linear_activation(layer: keras.Layer, method: str) -> None:
     """Raises a ValueError if `layer` applies a non-linear activation."""
     activation = getattr(layer, "activation", None)
     if activation is not None and activation is not keras.activations.linear:
@@ -122,7 +124,7 @@ class DoRADense(LowRankAdapter):
         """
         return ops.cast(ops.cast(float_kernel(self.layer), self.layer.compute_dtype), "float32")
 
-    def magnitude_factor(self):
+    def magnitude_factor(self) -> Any:
         """`m / ||W + scale * A @ B||` per output feature, in float32."""
         norm = self._column_norm(self._computed_kernel() + self.delta_kernel())
         norm = ops.stop_gradient(ops.maximum(norm, _MIN_NORM))
@@ -152,14 +154,14 @@ class DoRADense(LowRankAdapter):
             outputs = outputs + ops.cast(bias, outputs.dtype)
         return outputs
 
-    def merged_kernel(self):
+    def merged_kernel(self) -> Any:
         """`m * V / ||V||` in the wrapped kernel's shape, in float32."""
         kernel = float_kernel(self.layer) + self.delta_kernel()
         return scale_axes(
             kernel, self.axes.kernel_letters, self.magnitude_factor(), self.axes.fan_out_letters
         )
 
-    def merge(self):
+    def merge(self) -> bool:
         """Writes `m * V / ||V||` into the wrapped kernel. A no-op if already merged.
 
         Returns:

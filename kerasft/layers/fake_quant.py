@@ -8,6 +8,8 @@ rounding is bypassed in the backward pass (straight-through estimator,
 loss sees the quantized weights.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -17,7 +19,9 @@ from kerasft.quantization.codebooks import nf4_codebook
 from kerasft.quantization.quantizers import mode_bits, resolve_group_size, validate_scheme
 
 
-def fake_quantize_matrix(matrix, mode, group_size, asymmetric=False):
+def fake_quantize_matrix(
+    matrix: Any, mode: str, group_size: int, asymmetric: bool = False
+) -> Any:
     """Quantize-dequantize a `(K, N)` float32 matrix with round-to-nearest.
 
     The same scheme as `kerasft.quantization.quantizers.quantize_matrix`
@@ -118,7 +122,7 @@ class FakeQuantDense(AdapterWrapper):
     def build(self, input_shape=None):
         self.built = True
 
-    def fake_quantized_kernel(self):
+    def fake_quantized_kernel(self) -> Any:
         """The kernel as the quantized layer will hold it, with a straight-through gradient."""
         kernel = ops.cast(self.layer._kernel, "float32")
         axes, shape = self.axes, self.kernel_shape

@@ -55,7 +55,7 @@ class IA3Dense(AdapterWrapper):
             )
 
     @property
-    def vector_letters(self):
+    def vector_letters(self) -> str:
         """The kernel letters the vector spans (fan-out or fan-in, kernel order)."""
         if self.side == "output":
             return self.axes.fan_out_letters
@@ -81,7 +81,7 @@ class IA3Dense(AdapterWrapper):
         outputs = self.layer(inputs)
         return scale_axes(outputs, self.axes.output_letters, self.ia3_vector, self.vector_letters)
 
-    def merge(self):
+    def merge(self) -> bool:
         """Multiplies the kernel (and, for `side="output"`, the bias) by the vector.
 
         Returns:

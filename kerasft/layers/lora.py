@@ -1,6 +1,7 @@
 """A LoRA adapter that wraps a frozen `Dense` or `EinsumDense` layer."""
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
@@ -9,7 +10,7 @@ from kerasft.einsum import kernel_axes
 from kerasft.layers.wrapper import AdapterWrapper
 
 
-def adapter_dtype_policy(compute_dtype):
+def adapter_dtype_policy(compute_dtype: str) -> keras.DTypePolicy:
     """Float32 adapter weights, computing in the wrapped layer's dtype.
 
     Adapter weights stay float32 under `bfloat16` and `float16` compute so that
@@ -33,14 +34,14 @@ def validate_lora_arguments(rank, alpha, dropout):
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
 
 
-def float_kernel(layer):
+def float_kernel(layer: keras.Layer) -> Any:
     """The wrapped layer's kernel as a float32 tensor (dequantized if needed)."""
     if hasattr(layer, "dequantized_kernel"):
         return ops.cast(layer.dequantized_kernel(), "float32")
     return ops.cast(layer._kernel, "float32")
 
 
-def assign_float_kernel(layer, kernel):
+def assign_float_kernel(layer: keras.Layer, kernel: Any) -> None:
     """Writes a float32 kernel into the layer (re-quantizing a quantized one)."""
     if hasattr(layer, "requantize"):
         layer.requantize(kernel)
@@ -80,13 +81,13 @@ class LowRankAdapter(AdapterWrapper):
         self.dropout_layer = keras.layers.Dropout(self.dropout) if self.dropout else None
 
     @property
-    def scale(self):
+    def scale(self) -> float:
         """The factor applied to `B @ A`: alpha/rank, or alpha/sqrt(rank)."""
         if self.use_rslora:
             return self.alpha / math.sqrt(self.rank)
         return self.alpha / self.rank
 
-    def build_low_rank_factors(self, autocast=True):
+    def build_low_rank_factors(self, autocast: bool = True) -> None:
         """Creates `lora_a` (fan-in axes x rank) and `lora_b` (rank x fan-out axes, zeros)."""
         axes = self.axes
         # Uniform in +-1/sqrt(fan_in), the Kaiming-uniform(a=sqrt(5)) init of
@@ -106,7 +107,7 @@ class LowRankAdapter(AdapterWrapper):
             autocast=autocast,
         )
 
-    def delta_kernel(self):
+    def delta_kernel(self) -> Any:
         """`scale * A @ B` in the wrapped kernel's shape, in float32."""
         a = ops.cast(self.lora_a, "float32")
         b = ops.cast(self.lora_b, "float32")
@@ -165,7 +166,7 @@ class LoRADense(LowRankAdapter):
         update = ops.einsum(self.axes.up_equation, hidden, self.lora_b)
         return outputs + ops.cast(self.scale, update.dtype) * update
 
-    def merge(self):
+    def merge(self) -> bool:
         """Folds the update into the wrapped kernel. A no-op if already merged.
 
         Returns:
@@ -177,7 +178,7 @@ class LoRADense(LowRankAdapter):
         self.merged = True
         return True
 
-    def unmerge(self):
+    def unmerge(self) -> bool:
         """Takes a merged update back out of the kernel. A no-op if not merged."""
         if not self.merged:
             return False

@@ -23,6 +23,8 @@ Where a prefix comes from:
   them and each wrapper takes its own (`PrefixProvider.prefix_for`).
 """
 
+from typing import Any, Sequence
+
 import keras
 import numpy as np
 from keras import ops
@@ -44,10 +46,10 @@ class PrefixProvider(keras.layers.Layer):
         self.num_layers = int(num_layers)
         object.__setattr__(self, "_pending", None)
 
-    def compute_prefixes(self):
+    def compute_prefixes(self) -> list[tuple[Any, Any]]:
         raise NotImplementedError
 
-    def prefix_for(self, index):
+    def prefix_for(self, index: int) -> tuple[Any, Any]:
         """The prefix of attention layer `index`; index 0 recomputes all.
 
         Each prefix is handed out once per forward pass, so a stale prefix
@@ -112,7 +114,7 @@ class PrefixAttention(AdapterWrapper):
         object.__setattr__(self, "_capture", None)
 
     @property
-    def prefix_shape(self):
+    def prefix_shape(self) -> tuple[int, int, int]:
         return (self.num_virtual_tokens, self.layer.num_key_value_heads, self.layer.head_dim)
 
     def build(self, input_shape=None):
@@ -120,7 +122,7 @@ class PrefixAttention(AdapterWrapper):
             self.add_prefix_weights()
         self.built = True
 
-    def add_prefix_weights(self, key=None, value=None):
+    def add_prefix_weights(self, key: Any = None, value: Any = None) -> None:
         """Creates float32 `prefix_key` / `prefix_value` (optionally set)."""
         init = keras.initializers.RandomNormal(stddev=0.02, seed=self.layer_index)
         self.prefix_key = self.add_weight(
@@ -133,7 +135,7 @@ class PrefixAttention(AdapterWrapper):
             self.prefix_key.assign(ops.cast(key, "float32"))
             self.prefix_value.assign(ops.cast(value, "float32"))
 
-    def prefix(self):
+    def prefix(self) -> tuple[Any, Any]:
         """This layer's `(key, value)` prefix, each `(P, kv_heads, head_dim)`."""
         if self.provider is not None:
             return self.provider.prefix_for(self.layer_index)
@@ -178,7 +180,7 @@ class PrefixAttention(AdapterWrapper):
             return output, cache
         return output
 
-    def fold(self):
+    def fold(self) -> bool:
         """Replaces a provider by its current output, stored as own weights."""
         if self.provider is None:
             return False
@@ -208,14 +210,14 @@ class PrefixAttention(AdapterWrapper):
         return config
 
 
-def prefix_wrappers(model):
+def prefix_wrappers(model: keras.Model) -> list[PrefixAttention]:
     """Every `PrefixAttention` in `model`, in block order."""
     from kerasft.targeting import adapter_wrappers
 
     return sorted(adapter_wrappers(model, PrefixAttention), key=lambda w: w.layer_index)
 
 
-def attention_layers(model):
+def attention_layers(model: keras.Model) -> list[tuple[str, keras.Layer]]:
     """`[(path, attention layer)]` of a keras-hub Gemma model, in block order.
 
     Raises:
@@ -234,7 +236,9 @@ def attention_layers(model):
     return found
 
 
-def wrap_attention_layers(model, num_virtual_tokens, provider=None):
+def wrap_attention_layers(
+    model: keras.Model, num_virtual_tokens: int, provider: PrefixProvider | None = None
+) -> list[PrefixAttention]:
     """Wraps every decoder block's attention in a `PrefixAttention`, in place."""
     from kerasft.targeting import refresh_after_surgery, replace_layer
 
@@ -250,14 +254,14 @@ def wrap_attention_layers(model, num_virtual_tokens, provider=None):
     return wrappers
 
 
-def embed_tokens(model, token_ids):
+def embed_tokens(model: keras.Model, token_ids: Sequence[int] | np.ndarray) -> Any:
     """Token ids `(P,)` -> scaled input embeddings `(1, P, hidden)`, as the backbone."""
     backbone = architecture.backbone(model)
     x = backbone.token_embedding(ops.convert_to_tensor(np.asarray(token_ids, "int32")[None]))
     return x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
 
 
-def capture_prefixes(model, embeddings):
+def capture_prefixes(model: keras.Model, embeddings: Any) -> list[tuple[Any, Any]]:
     """Runs `embeddings` `(1, P, hidden)` through the decoder blocks as a prompt.
 
     The model must carry `PrefixAttention` wrappers with `num_virtual_tokens

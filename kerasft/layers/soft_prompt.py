@@ -10,6 +10,8 @@ logits keep shape `[B, T, V]` (no virtual positions in the output), labels and
 sample weights need no change, and `generate()` sees the prompt at every step.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -64,7 +66,7 @@ class SoftPrompt(PrefixProvider):
                 keras.layers.Dense(self.hidden_dim, name="mlp_out"),
             ]
 
-    def attach(self, model):
+    def attach(self, model: keras.Model) -> None:
         """Remembers (untracked) the model whose blocks the prompt runs through."""
         object.__setattr__(self, "_model", model)
 
@@ -79,14 +81,14 @@ class SoftPrompt(PrefixProvider):
             shape = layer.compute_output_shape(shape)
         self.built = True
 
-    def virtual_embeddings(self):
+    def virtual_embeddings(self) -> Any:
         """The `(1, P, hidden)` virtual-token embeddings after the encoder (float32)."""
         x = ops.expand_dims(self.embeddings, 0)
         for layer in self.encoder_layers:
             x = layer(x)
         return x
 
-    def compute_prefixes(self):
+    def compute_prefixes(self) -> list[tuple[Any, Any]]:
         x = self.virtual_embeddings() * self.embeddings_scale
         return capture_prefixes(self._model, x)
 
@@ -139,7 +141,7 @@ class PrefixEncoder(PrefixProvider):
         self.dense_out.build((self.num_virtual_tokens, self.hidden))
         self.built = True
 
-    def compute_prefixes(self):
+    def compute_prefixes(self) -> list[tuple[Any, Any]]:
         out = self.dense_out(self.dense_hidden(self.embeddings))
         out = ops.reshape(out, (self.num_virtual_tokens, self.num_layers, 2,
                                 self.num_key_value_heads, self.head_dim))

@@ -27,7 +27,7 @@ class AdapterWrapper(keras.layers.Layer):
         self.target_path = target_path or layer.path
         self.merged = False
 
-    def merge(self):
+    def merge(self) -> bool:
         raise NotImplementedError(
             f"{type(self).__name__} cannot be merged into its layer. Received: "
             f"layer at {self.target_path!r}"
