@@ -8,14 +8,16 @@ Padding positions (where the batch's `padding_mask` is False) are skipped.
 """
 
 import contextlib
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import keras
 import numpy as np
 from keras import ops
 
 from kerasft.einsum import layer_equation, parse_equation
 
 
-def calibration_inputs(batch):
+def calibration_inputs(batch: Any) -> dict[str, np.ndarray]:
     """Normalises one calibration batch to the model's input dict.
 
     Args:
@@ -52,7 +54,9 @@ def calibration_inputs(batch):
     return {"token_ids": token_ids.astype("int32"), "padding_mask": mask}
 
 
-def calibration_batches(model, calibration_data, batch_size=8):
+def calibration_batches(
+    model: keras.Model, calibration_data: Iterable[Any], batch_size: int = 8
+) -> list[dict[str, np.ndarray]]:
     """Turns user calibration data into a list of `{"token_ids", "padding_mask"}` batches.
 
     Args:
@@ -119,7 +123,7 @@ def _tokenize(preprocessor, texts):
     return {"token_ids": token_ids, "padding_mask": mask}
 
 
-def input_rows(inputs, equation, mask=None):
+def input_rows(inputs: Any, equation: str, mask: np.ndarray | None = None) -> np.ndarray:
     """Reshapes a layer input into the `(rows, K)` matrix its kernel multiplies.
 
     Args:
@@ -151,14 +155,14 @@ class HessianAccumulator:
         self.hessian = None
         self.num_rows = 0
 
-    def add(self, inputs, mask=None):
+    def add(self, inputs: Any, mask: np.ndarray | None = None) -> None:
         rows = input_rows(inputs, self.equation, mask)
         if self.hessian is None:
             self.hessian = np.zeros((rows.shape[1], rows.shape[1]), dtype="float64")
         self.hessian += rows.T @ rows
         self.num_rows += rows.shape[0]
 
-    def mean_hessian(self):
+    def mean_hessian(self) -> np.ndarray:
         """`H / rows`, the second-moment matrix of the inputs."""
         if self.hessian is None or self.num_rows == 0:
             raise ValueError(
@@ -169,7 +173,11 @@ class HessianAccumulator:
 
 
 @contextlib.contextmanager
-def record_inputs(layers, accumulators, state):
+def record_inputs(
+    layers: Sequence[keras.Layer],
+    accumulators: Sequence[HessianAccumulator],
+    state: dict[str, Any],
+) -> Iterator[None]:
     """Wraps each layer's `call` to feed its first argument to an accumulator.
 
     Args:
@@ -178,7 +186,9 @@ def record_inputs(layers, accumulators, state):
         state: a dict whose `"mask"` entry is the current batch's padding mask.
     """
 
-    def wrap(layer, accumulator, original):
+    def wrap(
+        layer: keras.Layer, accumulator: HessianAccumulator, original: Callable[..., Any]
+    ) -> Callable[..., Any]:
         def call(inputs, *args, **kwargs):
             accumulator.add(inputs, state.get("mask"))
             return original(inputs, *args, **kwargs)
@@ -195,7 +205,9 @@ def record_inputs(layers, accumulators, state):
                 del layer.call
 
 
-def collect_hessians(model, layers, calibration_data):
+def collect_hessians(
+    model: keras.Model, layers: Sequence[keras.Layer], calibration_data: Sequence[Any]
+) -> list[np.ndarray]:
     """Runs `model` on calibration batches and returns each layer's input Hessian.
 
     Args:
@@ -224,7 +236,9 @@ def collect_hessians(model, layers, calibration_data):
     return [accumulator.mean_hessian() for accumulator in accumulators]
 
 
-def relative_output_error(kernel_matrix, quantized_matrix, hessian):
+def relative_output_error(
+    kernel_matrix: np.ndarray, quantized_matrix: np.ndarray, hessian: np.ndarray
+) -> float:
     """`||X (W - Q)||_F / ||X W||_F` from the input Hessian `H = X^T X / rows`.
 
     Args:

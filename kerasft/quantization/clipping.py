@@ -8,6 +8,8 @@ ratios (1.0, 0.95, ..., 0.5 by default) and keeps the one minimising
 under the group's block `H_g` of the input Hessian (as in AWQ's auto-clip).
 """
 
+from typing import Sequence
+
 import numpy as np
 
 from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
@@ -16,14 +18,14 @@ DEFAULT_CLIP_RATIOS = tuple(np.round(np.linspace(1.0, 0.5, 11), 4))
 
 
 def search_clip_ratios(
-    w,
-    hessian,
-    mode,
-    group_size,
-    asymmetric=False,
-    scale_dtype="float32",
-    ratios=DEFAULT_CLIP_RATIOS,
-):
+    w: np.ndarray,
+    hessian: np.ndarray,
+    mode: str,
+    group_size: int,
+    asymmetric: bool = False,
+    scale_dtype: str = "float32",
+    ratios: Sequence[float] = DEFAULT_CLIP_RATIOS,
+) -> np.ndarray:
     """Chooses a clip ratio per `(group, column)` of a `(K, N)` matrix.
 
     Args:

@@ -32,7 +32,7 @@ NF4_CODE_VALUES = (
 )
 
 
-def nf4_codebook(dtype="float32"):
+def nf4_codebook(dtype: str = "float32") -> np.ndarray:
     """The 16 NF4 values, ascending, as a numpy array.
 
     Args:
@@ -44,7 +44,7 @@ def nf4_codebook(dtype="float32"):
     return np.asarray(NF4_CODE_VALUES, dtype=dtype)
 
 
-def normal_float_codebook(offset=0.9677083):
+def normal_float_codebook(offset: float = 0.9677083) -> np.ndarray:
     """Recomputes the NF4 table from normal quantiles (the paper's recipe).
 
     The positive half takes the normal quantiles of 9 evenly spaced
@@ -66,7 +66,7 @@ def normal_float_codebook(offset=0.9677083):
     return values / np.abs(values).max()
 
 
-def nf4_max_half_gap():
+def nf4_max_half_gap() -> float:
     """Half of the largest gap between adjacent NF4 values.
 
     Round-to-nearest into the table errs by at most this much on a value in

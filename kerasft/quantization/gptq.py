@@ -21,7 +21,7 @@ from kerasft.quantization.quantizers import (
 )
 
 
-def inverse_hessian_cholesky(hessian, damp=0.01):
+def inverse_hessian_cholesky(hessian: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """Upper Cholesky factor of the damped inverse Hessian.
 
     Args:
@@ -43,17 +43,17 @@ def inverse_hessian_cholesky(hessian, damp=0.01):
 
 
 def gptq_quantize_matrix(
-    w,
-    hessian,
-    mode,
-    group_size,
-    asymmetric=False,
-    double_quantize=False,
-    scale_dtype="float32",
-    clip_ratio=1.0,
-    damp=0.01,
-    block_size=128,
-):
+    w: np.ndarray,
+    hessian: np.ndarray,
+    mode: str,
+    group_size: int,
+    asymmetric: bool = False,
+    double_quantize: bool = False,
+    scale_dtype: str = "float32",
+    clip_ratio: float | np.ndarray = 1.0,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> QuantizedMatrix:
     """Quantizes a `(K, N)` matrix with GPTQ under static group scales.
 
     Args:

@@ -5,16 +5,18 @@ high nibble of packed row `i`. An odd number of rows is padded with a zero
 row, which `unpack_int4` drops again when told the original length.
 """
 
+from typing import Any
+
 import numpy as np
 from keras import ops
 
 
-def packed_length(length):
+def packed_length(length: int) -> int:
     """Number of packed rows that hold `length` 4-bit rows."""
     return (int(length) + 1) // 2
 
 
-def pack_int4(codes):
+def pack_int4(codes: np.ndarray) -> np.ndarray:
     """Packs unsigned 4-bit codes, two per byte, along axis 0.
 
     Args:
@@ -44,7 +46,7 @@ def pack_int4(codes):
     return (codes[0::2] | (codes[1::2] << 4)).astype("uint8")
 
 
-def unpack_int4(packed, length=None):
+def unpack_int4(packed: np.ndarray, length: int | None = None) -> np.ndarray:
     """Inverse of `pack_int4` in numpy.
 
     Args:
@@ -63,7 +65,7 @@ def unpack_int4(packed, length=None):
     return codes[:length]
 
 
-def unpack_int4_ops(packed, length):
+def unpack_int4_ops(packed: Any, length: int) -> Any:
     """Inverse of `pack_int4` with `keras.ops`, for use inside a layer's `call`.
 
     Args:

@@ -7,6 +7,7 @@ output as the float layer up to the quantization error.
 """
 
 import math
+from typing import Any
 
 import keras
 import numpy as np
@@ -42,7 +43,7 @@ def _dtype_bytes(dtype):
     return _DTYPE_BYTES[name]
 
 
-def float_layer_spec(layer):
+def float_layer_spec(layer: keras.Layer) -> dict[str, Any]:
     """The equation, kernel, bias and activation of a float dense-like layer.
 
     Args:
@@ -167,7 +168,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
     def build(self, input_shape=None):
         k, n, g = self.contracted_size, self.output_size, self.num_groups
 
-        def add(name, shape, dtype):
+        def add(name: str, shape: tuple[int, ...], dtype: str) -> keras.Variable:
             return self.add_weight(
                 name=name,
                 shape=shape,
@@ -208,13 +209,13 @@ class QuantizedEinsumDense(keras.layers.Layer):
     @classmethod
     def from_float(
         cls,
-        layer,
-        mode="int8",
-        group_size="auto",
-        asymmetric=False,
-        double_quantize=False,
-        scale_dtype="float32",
-    ):
+        layer: keras.Layer,
+        mode: str = "int8",
+        group_size: int | str | None = "auto",
+        asymmetric: bool = False,
+        double_quantize: bool = False,
+        scale_dtype: str = "float32",
+    ) -> "QuantizedEinsumDense":
         """Builds a quantized copy of a float `EinsumDense` or `Dense` layer.
 
         The copy keeps the layer's name, dtype policy and variable paths (the
@@ -255,7 +256,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
             quantized.bias.assign(spec["bias"])
         return quantized
 
-    def kernel_matrix(self, kernel):
+    def kernel_matrix(self, kernel: np.ndarray) -> np.ndarray:
         """Reshapes a kernel-shaped array to the `(K, N)` matrix (numpy float64)."""
         kernel = np.asarray(kernel, dtype="float64")
         if tuple(kernel.shape) != self.kernel_shape:
@@ -266,7 +267,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
         matrix = np.transpose(kernel, self.axes.kernel_to_matrix_perm)
         return matrix.reshape(self.contracted_size, self.output_size)
 
-    def requantize(self, new_float_kernel):
+    def requantize(self, new_float_kernel: Any) -> None:
         """Quantizes a new float kernel into this layer's variables, in place.
 
         Used to merge an adapter into the base: dequantize, add the update,
@@ -288,7 +289,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
             )
         )
 
-    def assign_quantized_matrix(self, quantized):
+    def assign_quantized_matrix(self, quantized: QuantizedMatrix) -> None:
         """Writes a `QuantizedMatrix` (codes, scales, zero points) into the variables.
 
         Args:
@@ -331,7 +332,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
             zero = quantized.zero.astype("uint8")
             self.kernel_zero.assign(zero if self.mode == "int8" else pack_int4(zero))
 
-    def quantized_matrix(self):
+    def quantized_matrix(self) -> QuantizedMatrix:
         """Reads the variables back into a `QuantizedMatrix` (numpy)."""
         from kerasft.quantization.packing import unpack_int4
 
@@ -383,7 +384,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
         kernel = values * self._scale_matrix()[:, None, :]
         return ops.cast(ops.reshape(kernel, (k, n)), dtype)
 
-    def dequantized_kernel(self, dtype="float32"):
+    def dequantized_kernel(self, dtype: str = "float32") -> Any:
         """The float kernel, in the original `kernel_shape` and axis order.
 
         Args:
@@ -410,11 +411,11 @@ class QuantizedEinsumDense(keras.layers.Layer):
         return self.axes.output_shape(input_shape, self.kernel_shape)
 
     # ---------------------------------------------------------------- sizes
-    def quantized_bytes(self):
+    def quantized_bytes(self) -> int:
         """Bytes of all this layer's variables (codes, scales, zero points, bias)."""
         return int(sum(math.prod(v.shape) * _dtype_bytes(v.dtype) for v in self.variables))
 
-    def expected_quantized_bytes(self):
+    def expected_quantized_bytes(self) -> int:
         """`quantized_bytes()` from the analytic formula (`quantized_kernel_bytes`)."""
         return quantized_kernel_bytes(
             self.contracted_size,
@@ -426,7 +427,7 @@ class QuantizedEinsumDense(keras.layers.Layer):
             self.scale_dtype,
         ) + self._bias_bytes()
 
-    def float_bytes(self, dtype="bfloat16"):
+    def float_bytes(self, dtype: str = "bfloat16") -> int:
         """Bytes the float layer's kernel (and bias) take in `dtype`."""
         return self.contracted_size * self.output_size * _dtype_bytes(dtype) + (
             self._bias_bytes()

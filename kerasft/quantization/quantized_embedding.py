@@ -6,6 +6,8 @@ reversed (tied output head) projection computes `(x @ codes^T) * scale`, so
 the `[vocab, hidden]` float table is never materialised.
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -42,7 +44,7 @@ class QuantizedEmbedding(keras.layers.Layer):
         )
 
     @classmethod
-    def from_float(cls, layer):
+    def from_float(cls, layer: keras.layers.Embedding) -> "QuantizedEmbedding":
         """Quantizes a built, tied `ReversibleEmbedding` (or `Embedding`).
 
         Raises:
@@ -71,7 +73,7 @@ class QuantizedEmbedding(keras.layers.Layer):
         quantized.requantize(layer.embeddings)
         return quantized
 
-    def requantize(self, embeddings):
+    def requantize(self, embeddings: Any) -> None:
         """Quantizes a float `(input_dim, output_dim)` table into the variables."""
         table = np.asarray(ops.convert_to_numpy(ops.cast(embeddings, "float32")), "float64")
         if table.shape != (self.input_dim, self.output_dim):
@@ -85,7 +87,7 @@ class QuantizedEmbedding(keras.layers.Layer):
         self.embeddings_codes.assign(codes.astype("int8"))
         self.embeddings_scale.assign(scale)
 
-    def dequantized_embeddings(self, dtype="float32"):
+    def dequantized_embeddings(self, dtype: str = "float32") -> Any:
         """The float `(input_dim, output_dim)` table."""
         table = ops.cast(self.embeddings_codes, "float32") * self.embeddings_scale[:, None]
         return ops.cast(table, dtype)
@@ -110,7 +112,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             return tuple(input_shape[:-1]) + (self.input_dim,)
         return tuple(input_shape) + (self.output_dim,)
 
-    def quantized_bytes(self):
+    def quantized_bytes(self) -> int:
         """Bytes of the int8 codes and float32 row scales."""
         return self.input_dim * self.output_dim + 4 * self.input_dim
 

@@ -32,19 +32,19 @@ DOUBLE_QUANT_BLOCK_SIZE = 256
 DEFAULT_GROUP_SIZE = 64
 
 
-def mode_bits(mode):
+def mode_bits(mode: str) -> int:
     """Bits per code of a quantization `mode`."""
     validate_mode(mode)
     return 8 if mode == "int8" else 4
 
 
-def validate_mode(mode):
+def validate_mode(mode: str) -> None:
     """Raises a ValueError unless `mode` is one of `MODES`."""
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
 
 
-def validate_scheme(mode, asymmetric=False, scale_dtype="float32"):
+def validate_scheme(mode: str, asymmetric: bool = False, scale_dtype: str = "float32") -> None:
     """Checks the arguments that pick a quantization scheme.
 
     Raises:
@@ -64,7 +64,7 @@ def validate_scheme(mode, asymmetric=False, scale_dtype="float32"):
         )
 
 
-def resolve_group_size(mode, group_size, contracted_size):
+def resolve_group_size(mode: str, group_size: int | str | None, contracted_size: int) -> int:
     """Turns a `group_size` argument into the number of rows per scale.
 
     Args:
@@ -109,7 +109,7 @@ def resolve_group_size(mode, group_size, contracted_size):
     return int(group_size)
 
 
-def code_range(mode, asymmetric=False):
+def code_range(mode: str, asymmetric: bool = False) -> tuple[int, int]:
     """The smallest and largest integer code of an integer scheme."""
     bits = mode_bits(mode)
     if asymmetric:
@@ -117,7 +117,13 @@ def code_range(mode, asymmetric=False):
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def compute_scales(w, mode, group_size, asymmetric=False, clip_ratio=1.0):
+def compute_scales(
+    w: np.ndarray,
+    mode: str,
+    group_size: int,
+    asymmetric: bool = False,
+    clip_ratio: float | np.ndarray = 1.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-group scales (and zero points) of a `(K, N)` matrix.
 
     Args:
@@ -154,7 +160,13 @@ def compute_scales(w, mode, group_size, asymmetric=False, clip_ratio=1.0):
     return np.where(scale > 0, scale, 1.0), None
 
 
-def quantize_values(w, scale, zero, mode, asymmetric=False):
+def quantize_values(
+    w: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray | None,
+    mode: str,
+    asymmetric: bool = False,
+) -> np.ndarray:
     """Rounds values to codes given their (broadcastable) scale and zero point.
 
     Returns:
@@ -174,7 +186,9 @@ def quantize_values(w, scale, zero, mode, asymmetric=False):
     return np.clip(np.round(x), qmin, qmax).astype("int64")
 
 
-def dequantize_values(codes, scale, zero, mode):
+def dequantize_values(
+    codes: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, mode: str
+) -> np.ndarray:
     """Inverse of `quantize_values` (float64)."""
     if mode == "nf4":
         return nf4_codebook("float64")[codes] * scale
@@ -184,14 +198,16 @@ def dequantize_values(codes, scale, zero, mode):
     return codes * scale
 
 
-def expand_groups(per_group, group_size):
+def expand_groups(per_group: np.ndarray | None, group_size: int) -> np.ndarray | None:
     """Repeats a `(G, N)` per-group array to the `(G * group_size, N)` rows."""
     if per_group is None:
         return None
     return np.repeat(per_group, group_size, axis=0)
 
 
-def double_quantize_scales(scale, block_size=DOUBLE_QUANT_BLOCK_SIZE):
+def double_quantize_scales(
+    scale: np.ndarray, block_size: int = DOUBLE_QUANT_BLOCK_SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantizes positive scales to int8 in blocks, as in QLoRA.
 
     The scales are flattened (row-major), their float32 mean is subtracted
@@ -223,7 +239,9 @@ def double_quantize_scales(scale, block_size=DOUBLE_QUANT_BLOCK_SIZE):
     )
 
 
-def dequantize_scales(codes, block_scale, offset, shape):
+def dequantize_scales(
+    codes: np.ndarray, block_scale: np.ndarray, offset: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
     """Inverse of `double_quantize_scales`, computed in float32 like the layer."""
     blocks = codes.astype("float32").reshape(block_scale.shape[0], -1)
     flat = (blocks * block_scale[:, None]).reshape(-1) + offset.astype("float32")[0]
@@ -252,8 +270,8 @@ class QuantizedMatrix:
 
 
 def stored_scales(
-    scale, double_quantize=False, scale_dtype="float32"
-):
+    scale: np.ndarray, double_quantize: bool = False, scale_dtype: str = "float32"
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """Rounds scales to their storage form.
 
     Returns:
@@ -269,14 +287,14 @@ def stored_scales(
 
 
 def quantize_matrix(
-    w,
-    mode,
-    group_size,
-    asymmetric=False,
-    double_quantize=False,
-    scale_dtype="float32",
-    clip_ratio=1.0,
-):
+    w: np.ndarray,
+    mode: str,
+    group_size: int,
+    asymmetric: bool = False,
+    double_quantize: bool = False,
+    scale_dtype: str = "float32",
+    clip_ratio: float | np.ndarray = 1.0,
+) -> QuantizedMatrix:
     """Round-to-nearest quantization of a `(K, N)` matrix.
 
     The codes are rounded against the scales as stored (after float16
@@ -308,7 +326,7 @@ def quantize_matrix(
     return result
 
 
-def dequantize_matrix(quantized, mode, group_size):
+def dequantize_matrix(quantized: QuantizedMatrix, mode: str, group_size: int) -> np.ndarray:
     """Reconstructs the float64 `(K, N)` matrix of a `QuantizedMatrix`."""
     return dequantize_values(
         quantized.codes,
@@ -319,14 +337,14 @@ def dequantize_matrix(quantized, mode, group_size):
 
 
 def quantized_kernel_bytes(
-    contracted_size,
-    output_size,
-    mode,
-    group_size="auto",
-    asymmetric=False,
-    double_quantize=False,
-    scale_dtype="float32",
-):
+    contracted_size: int,
+    output_size: int,
+    mode: str,
+    group_size: int | str | None = "auto",
+    asymmetric: bool = False,
+    double_quantize: bool = False,
+    scale_dtype: str = "float32",
+) -> int:
     """Bytes that a quantized `(K, N)` kernel occupies, scales included.
 
     This is the formula behind `QuantizedEinsumDense.quantized_bytes()`
