@@ -2,27 +2,44 @@
 
 - `perplexity`: token-weighted NLL over `(x, y, sample_weight)` batches,
   without materialising full-vocabulary logits.
-- `generate_and_score`: batched greedy generation on held-out prompts, scored
-  with `exact_match`, `token_f1`, `bleu` and `rouge_l`.
+- `generate_and_score`: batched greedy generation on held-out prompts, decoded
+  without stop and special tokens (`decode_generated`), scored with
+  `exact_match`, `token_f1` (SQuAD v1.1), `rouge_n`, `rouge_l`
+  (`rouge-score`) and `bleu` (sacreBLEU); `describe_metrics` says so in one
+  line for a results table.
 - `generate_token_ids`: token ids in and out, with or without a preprocessor
   (keras-hub's Gemma 3 `generate` needs one).
 - `accuracy`, `macro_f1`: classification metrics in numpy.
 """
 
 from kerasft.evaluate.classification import accuracy, macro_f1
-from kerasft.evaluate.generation import generate_and_score, generate_token_ids, greedy_generate
+from kerasft.evaluate.generation import (
+    decode_generated,
+    generate_and_score,
+    generate_token_ids,
+    greedy_generate,
+    resolve_stop_token_ids,
+    special_token_ids,
+)
 from kerasft.evaluate.perplexity import perplexity
 from kerasft.evaluate.text_metrics import (
     bleu,
+    bleu_tokenize,
+    describe_metrics,
     exact_match,
     normalize_answer,
     rouge_l,
+    rouge_n,
+    rouge_tokenize,
     token_f1,
 )
 
 __all__ = [
     "accuracy",
     "bleu",
+    "bleu_tokenize",
+    "decode_generated",
+    "describe_metrics",
     "exact_match",
     "generate_and_score",
     "generate_token_ids",
@@ -30,6 +47,10 @@ __all__ = [
     "macro_f1",
     "normalize_answer",
     "perplexity",
+    "resolve_stop_token_ids",
     "rouge_l",
+    "rouge_n",
+    "rouge_tokenize",
+    "special_token_ids",
     "token_f1",
 ]

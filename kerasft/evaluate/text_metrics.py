@@ -1,14 +1,23 @@
-"""Text-overlap metrics for generated answers, in plain Python.
+"""Text-overlap metrics for generated answers, equal to the standard tools.
 
-`keras_hub.metrics` has `Bleu` and `RougeL`, but `Bleu` runs TensorFlow string
-ops inside a Keras metric (so every call goes through TensorFlow whatever the
-backend) and has no NIST/sacrebleu smoothing, and `RougeL` needs the extra
-`rouge-score` package. These functions are a few lines each, give the same
-number on every backend, and are checked against hand-computed values (and
-against `keras_hub.metrics.Bleu`) in the tests.
+Each function reproduces the implementation people cite, in plain Python (no
+run-time dependency, the same number on every backend), and
+`tests/evaluate/test_evaluate_standard_metrics.py` checks it against that
+implementation on a fixed set of string pairs:
+
+- `bleu`: sacreBLEU's `corpus_bleu` with its defaults (13a tokenizer, mixed
+  case, `exp` smoothing, no effective order), on the [0, 1] scale.
+- `rouge_n`, `rouge_l`: the `rouge-score` package's `rougeN` / `rougeL`
+  F-measure (lowercase, ASCII letters and digits only, optional Porter
+  stemming of tokens longer than 3 characters).
+- `normalize_answer`, `exact_match`, `token_f1`: the official SQuAD v1.1
+  evaluation script.
+
+`describe_metrics` returns these settings as one line for a results table.
 """
 
 import collections
+import functools
 import math
 import re
 import string
@@ -16,24 +25,49 @@ from collections.abc import Sequence
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_BLEU_TOKEN = re.compile(r"\w+|[^\w\s]")
-_ROUGE_TOKEN = re.compile(r"[^\W_]+")
-_BLEU_SMOOTHING = ("none", "exp")
+_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
+# sacrebleu 2.x `tokenizers/tokenizer_re.py` (`TokenizerRegexp`), the regular
+# expressions of mteval-v13a: split off punctuation and symbols, periods and
+# commas unless between digits, and a dash after a digit.
+_BLEU_13A_RULES = (
+    (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
+    (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
+    (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),
+    (re.compile(r"([0-9])(-)"), r"\1 \2 "),
+)
+_BLEU_SMOOTHING = ("exp", "none", "floor", "add-k")
+_BLEU_SMOOTH_DEFAULTS = {"floor": 0.1, "add-k": 1}
+# sacrebleu's `my_log(0)`: a zero precision counts as this log, so the score
+# is exp(very negative) = 0.0.
+_LOG_ZERO = -9999999999
+
+
+def _text(value, name):
+    """`value` as `str` (bytes are UTF-8 decoded, as keras-hub may return them)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a string. Received: {name}={value!r} "
+            f"of type {type(value).__name__}"
+        )
+    return value
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD answer normalisation.
+    """SQuAD v1.1 answer normalisation.
 
-    Lowercases, removes ASCII punctuation, removes the articles "a", "an" and
-    "the", and collapses whitespace (the order of the official SQuAD script).
+    Lowercases, removes ASCII punctuation (`string.punctuation`), replaces the
+    whole words "a", "an" and "the" by spaces, and collapses whitespace, in
+    the order of the official SQuAD v1.1 `evaluate-v1.1.py`.
 
     Args:
-        text: The text to normalise.
+        text: The text to normalise (`str`, or UTF-8 `bytes`).
 
     Returns:
         The normalised text.
     """
-    text = text.lower()
+    text = _text(text, "text").lower()
     text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
@@ -42,6 +76,9 @@ def normalize_answer(text: str) -> str:
 def exact_match(pred: str, ref: str) -> float:
     """1.0 if the answers are equal after `normalize_answer`, else 0.0.
 
+    As SQuAD v1.1's `exact_match_score`: two answers that both normalise to
+    the empty string match.
+
     Args:
         pred: The generated answer.
         ref: The reference answer.
@@ -49,16 +86,18 @@ def exact_match(pred: str, ref: str) -> float:
     Returns:
         1.0 or 0.0.
     """
-    return float(normalize_answer(pred) == normalize_answer(ref))
+    return float(normalize_answer(_text(pred, "pred")) == normalize_answer(_text(ref, "ref")))
 
 
 def token_f1(pred: str, ref: str) -> float:
-    """SQuAD token F1 between two answers.
+    """SQuAD v1.1 token F1 between two answers.
 
     Both answers are normalised with `normalize_answer` and split on
     whitespace; precision and recall count the shared tokens with
-    multiplicity. If either answer is empty after normalisation, the score is
-    1.0 when both are empty and 0.0 otherwise (as in SQuAD 2.0).
+    multiplicity. As in SQuAD v1.1's `f1_score`, no shared token gives 0.0,
+    which includes a pair that is empty on either side or on both (SQuAD
+    v2.0's script instead gives 1.0 when both are empty; `exact_match` is 1.0
+    there in both versions).
 
     Args:
         pred: The generated answer.
@@ -67,10 +106,8 @@ def token_f1(pred: str, ref: str) -> float:
     Returns:
         F1 in [0, 1].
     """
-    pred_tokens = normalize_answer(pred).split()
-    ref_tokens = normalize_answer(ref).split()
-    if not pred_tokens or not ref_tokens:
-        return float(pred_tokens == ref_tokens)
+    pred_tokens = normalize_answer(_text(pred, "pred")).split()
+    ref_tokens = normalize_answer(_text(ref, "ref")).split()
     common = collections.Counter(pred_tokens) & collections.Counter(ref_tokens)
     shared = sum(common.values())
     if shared == 0:
@@ -80,36 +117,110 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def rouge_l(pred: str, ref: str, beta: float = 1.0) -> float:
-    """ROUGE-L F-measure from the longest common subsequence of tokens.
+def rouge_tokenize(text: str, use_stemmer: bool = False) -> list[str]:
+    """The tokens `rouge-score`'s default tokenizer makes of `text`.
 
-    Tokens are the lowercased runs of letters and digits (as the
-    `rouge-score` package does, without stemming). With `lcs` the length of
-    the longest common subsequence, `P = lcs / len(pred)`,
-    `R = lcs / len(ref)` and `F = (1 + beta^2) P R / (R + beta^2 P)`.
-    An empty prediction or reference scores 0.0.
+    Lowercases, keeps the runs of ASCII letters and digits (`[a-z0-9]+`;
+    everything else, accented letters included, separates tokens) and, with
+    `use_stemmer`, stems the tokens longer than 3 characters with NLTK's
+    `PorterStemmer()`, the stemmer `rouge-score` itself uses.
+
+    Args:
+        text: The text.
+        use_stemmer: Whether to apply the Porter stemmer.
+
+    Returns:
+        The tokens.
+    """
+    tokens = _ROUGE_TOKEN.findall(_text(text, "text").lower())
+    if use_stemmer:
+        tokens = [_porter_stem(token) if len(token) > 3 else token for token in tokens]
+        tokens = [token for token in tokens if _ROUGE_TOKEN.fullmatch(token)]
+    return tokens
+
+
+@functools.lru_cache(maxsize=65536)
+def _porter_stem(token):
+    return _porter_stemmer().stem(token)
+
+
+@functools.lru_cache(maxsize=None)
+def _porter_stemmer():
+    # Stemming is the one part not reimplemented: NLTK's Porter stemmer (its
+    # default NLTK_EXTENSIONS mode, as `rouge-score` uses it) has many special
+    # cases, and reproducing it would be a second copy to keep in step.
+    try:
+        from nltk.stem import porter
+    except ImportError as error:
+        raise ImportError(
+            "`use_stemmer=True` needs NLTK's Porter stemmer (the one `rouge-score` "
+            "uses). Install it with `pip install kerasft[eval]` or `pip install nltk`. "
+            "Received: use_stemmer=True"
+        ) from error
+    return porter.PorterStemmer()
+
+
+def _f_measure(precision, recall, beta=1.0):
+    if precision + recall == 0:
+        return 0.0
+    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+
+
+def rouge_n(pred: str, ref: str, n: int = 1, *, use_stemmer: bool = False) -> float:
+    """ROUGE-N F-measure, as `rouge_score.rouge_scorer.RougeScorer(["rougeN"])`.
+
+    Tokens as in `rouge_tokenize`. With `overlap` the clipped count of shared
+    n-grams, `P = overlap / max(pred n-grams, 1)`,
+    `R = overlap / max(ref n-grams, 1)` and `F = 2 P R / (P + R)` (0.0 when
+    `P + R = 0`).
+
+    Args:
+        pred: The generated text.
+        ref: The reference text.
+        n: The n-gram order (1 for ROUGE-1, 2 for ROUGE-2).
+        use_stemmer: Whether to Porter-stem tokens (see `rouge_tokenize`).
+
+    Returns:
+        F in [0, 1].
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive integer. Received: n={n!r}")
+    pred_ngrams = _ngrams(rouge_tokenize(pred, use_stemmer), n)
+    ref_ngrams = _ngrams(rouge_tokenize(ref, use_stemmer), n)
+    overlap = sum((pred_ngrams & ref_ngrams).values())
+    precision = overlap / max(sum(pred_ngrams.values()), 1)
+    recall = overlap / max(sum(ref_ngrams.values()), 1)
+    return _f_measure(precision, recall)
+
+
+def rouge_l(pred: str, ref: str, beta: float = 1.0, *, use_stemmer: bool = False) -> float:
+    """ROUGE-L F-measure, as `rouge_score.rouge_scorer.RougeScorer(["rougeL"])`.
+
+    Sentence-level: the longest common subsequence of the whole token lists
+    (tokens as in `rouge_tokenize`), not the summary-level `rougeLsum`. With
+    `lcs` its length, `P = lcs / len(pred)`, `R = lcs / len(ref)` and
+    `F = (1 + beta^2) P R / (R + beta^2 P)`. An empty prediction or
+    reference scores 0.0. `rouge-score` has no `beta`; with the default 1.0
+    this is its number.
 
     Args:
         pred: The generated text.
         ref: The reference text.
         beta: Weight of recall relative to precision; 1.0 gives the harmonic
             mean.
+        use_stemmer: Whether to Porter-stem tokens (see `rouge_tokenize`).
 
     Returns:
         F in [0, 1].
     """
     if not beta > 0:
         raise ValueError(f"`beta` must be positive. Received: beta={beta!r}")
-    pred_tokens = _ROUGE_TOKEN.findall(pred.lower())
-    ref_tokens = _ROUGE_TOKEN.findall(ref.lower())
+    pred_tokens = rouge_tokenize(pred, use_stemmer)
+    ref_tokens = rouge_tokenize(ref, use_stemmer)
     if not pred_tokens or not ref_tokens:
         return 0.0
     lcs = _lcs_length(pred_tokens, ref_tokens)
-    if lcs == 0:
-        return 0.0
-    precision = lcs / len(pred_tokens)
-    recall = lcs / len(ref_tokens)
-    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+    return _f_measure(lcs / len(pred_tokens), lcs / len(ref_tokens), beta)
 
 
 def _lcs_length(a, b):
@@ -126,43 +237,82 @@ def _lcs_length(a, b):
     return previous[-1]
 
 
+def bleu_tokenize(text: str) -> list[str]:
+    """The tokens sacreBLEU's default `13a` tokenizer makes of `text`.
+
+    As sacreBLEU's BLEU preprocessing: trailing whitespace stripped,
+    `<skipped>` removed, `-\\n` joined, newlines turned into spaces, the HTML
+    entities `&quot;`, `&amp;`, `&lt;` and `&gt;` unescaped, then the
+    mteval-v13a rules: symbols and punctuation other than `'`, `-`, `.` and
+    `,` become tokens of their own; `.` and `,` too unless between two
+    digits; `-` after a digit too. Case is kept.
+
+    Args:
+        text: The text.
+
+    Returns:
+        The tokens.
+    """
+    line = _text(text, "text").rstrip()
+    line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    if "&" in line:
+        line = line.replace("&quot;", '"').replace("&amp;", "&")
+        line = line.replace("&lt;", "<").replace("&gt;", ">")
+    line = f" {line} "
+    for pattern, replacement in _BLEU_13A_RULES:
+        line = pattern.sub(replacement, line)
+    return line.split()
+
+
 def bleu(
     preds: Sequence[str],
     refs: Sequence,
     max_order: int = 4,
     smoothing: str = "exp",
+    *,
+    smooth_value: float | None = None,
+    effective_order: bool = False,
 ) -> float:
-    """Corpus BLEU (Papineni et al., 2002) with brevity penalty.
+    """Corpus BLEU, equal to sacreBLEU's `corpus_bleu` / 100.
 
-    Texts are split into word runs and single punctuation marks
-    (`\\w+|[^\\w\\s]`), case kept. For each order `n` the clipped n-gram
-    matches and the n-gram counts of the predictions are summed over the whole
-    corpus (not averaged per sentence), `p_n = matches_n / total_n`, and
-    `BLEU = BP * exp(mean(log p_n))`. The brevity penalty is
+    Texts are tokenized with `bleu_tokenize` (sacreBLEU's default `13a`, case
+    kept). For each order `n` the clipped n-gram matches (against the maximum
+    count over a prediction's references) and the n-gram counts of the
+    predictions are summed over the whole corpus, `p_n = matches_n /
+    total_n`, and `BLEU = BP * exp(mean(log p_n))`. The brevity penalty is
     `BP = exp(1 - r / c)` when the total prediction length `c` is shorter than
     the total reference length `r` (each prediction's closest reference
-    length, the shorter on ties), else 1.
+    length, the shorter on ties), else 1; 0 when `c = 0`.
 
-    Smoothing, for orders with no match at all:
+    As in sacreBLEU: no match of any order gives 0; the first order with no
+    n-grams at all in the predictions (every prediction shorter than `n`
+    tokens) ends the loop and the orders from there on count as precision 0,
+    so BLEU is 0 (unless `effective_order`, which averages over the orders
+    before it). Smoothing, for the orders with n-grams but no match:
 
-    - `"exp"` (default; NIST mteval-v13a and sacrebleu's default, method 3 of
-      Chen & Cherry, 2014): the k-th order with zero matches gets
-      `p_n = 1 / (2^k * total_n)`, so one missing 4-gram match does not zero
-      the score of a short-answer corpus.
-    - `"none"`: `p_n = 0` and the score is 0.
-
-    An order with no n-grams at all in the predictions (every prediction
-    shorter than `n` tokens) gives 0 either way, as in sacrebleu.
+    - `"exp"` (default; sacreBLEU's default and NIST mteval-v13a, method 3 of
+      Chen & Cherry, 2014): the k-th such order gets `p_n = 1 / (2^k *
+      total_n)`.
+    - `"floor"`: `p_n = smooth_value / total_n` (default 0.1).
+    - `"add-k"`: `smooth_value` (default 1) is added to the matches and the
+      totals of every order above 1.
+    - `"none"`: `p_n = 0`, so BLEU is 0.
 
     Args:
         preds: The generated texts.
         refs: One reference per prediction: a string, or a list of strings
-            when there are several references.
+            when there are several references (the lists may differ in
+            length).
         max_order: Largest n-gram order.
-        smoothing: `"exp"` or `"none"`, see above.
+        smoothing: `"exp"`, `"floor"`, `"add-k"` or `"none"`, see above.
+        smooth_value: The value for `"floor"` and `"add-k"`; None uses
+            sacreBLEU's default.
+        effective_order: Average only over the orders up to the last one
+            with n-grams (sacreBLEU's `effective_order`, meant for
+            sentence-level BLEU).
 
     Returns:
-        BLEU in [0, 1] (sacrebleu reports 100 times this).
+        BLEU in [0, 1] (sacreBLEU reports 100 times this).
 
     Raises:
         ValueError: If the lengths differ, `max_order` is not a positive
@@ -186,18 +336,20 @@ def bleu(
         raise ValueError(
             f"`smoothing` must be one of {_BLEU_SMOOTHING}. Received: smoothing={smoothing!r}"
         )
+    if smooth_value is None:
+        smooth_value = _BLEU_SMOOTH_DEFAULTS.get(smoothing)
     matches = [0] * max_order
     totals = [0] * max_order
     pred_length = 0
     ref_length = 0
     for index, (pred, pred_refs) in enumerate(zip(preds, refs)):
-        pred_refs = [pred_refs] if isinstance(pred_refs, str) else list(pred_refs)
+        pred_refs = [pred_refs] if isinstance(pred_refs, (str, bytes)) else list(pred_refs)
         if not pred_refs:
             raise ValueError(
                 f"Every prediction needs at least one reference. Received: refs[{index}]=[]"
             )
-        pred_tokens = _BLEU_TOKEN.findall(pred)
-        refs_tokens = [_BLEU_TOKEN.findall(ref) for ref in pred_refs]
+        pred_tokens = bleu_tokenize(pred)
+        refs_tokens = [bleu_tokenize(ref) for ref in pred_refs]
         pred_length += len(pred_tokens)
         ref_length += min(
             (len(tokens) for tokens in refs_tokens),
@@ -211,23 +363,65 @@ def bleu(
             matches[n - 1] += sum((pred_ngrams & max_ref_counts).values())
             totals[n - 1] += sum(pred_ngrams.values())
 
-    if pred_length == 0:
+    # From here on, sacrebleu's `BLEU.compute_bleu` step by step.
+    if pred_length < ref_length:
+        brevity = math.exp(1 - ref_length / pred_length) if pred_length > 0 else 0.0
+    else:
+        brevity = 1.0
+    if not any(matches):
         return 0.0
-    log_precisions = []
+    precisions = [0.0] * max_order
     zero_matches_seen = 0
-    for n_matches, n_total in zip(matches, totals):
-        if n_total == 0:
-            return 0.0
-        if n_matches == 0:
-            if smoothing == "none":
-                return 0.0
-            zero_matches_seen += 1
-            log_precisions.append(-math.log(2**zero_matches_seen * n_total))
+    used_orders = max_order
+    for n in range(1, max_order + 1):
+        if smoothing == "add-k" and n > 1:
+            matches[n - 1] += smooth_value
+            totals[n - 1] += smooth_value
+        if totals[n - 1] == 0:
+            break
+        if effective_order:
+            used_orders = n
+        if matches[n - 1] == 0:
+            if smoothing == "exp":
+                zero_matches_seen += 1
+                precisions[n - 1] = 1.0 / (2**zero_matches_seen * totals[n - 1])
+            elif smoothing == "floor":
+                precisions[n - 1] = smooth_value / totals[n - 1]
         else:
-            log_precisions.append(math.log(n_matches / n_total))
-    brevity = 1.0 if pred_length > ref_length else math.exp(1 - ref_length / pred_length)
-    return brevity * math.exp(sum(log_precisions) / max_order)
+            precisions[n - 1] = matches[n - 1] / totals[n - 1]
+    log_sum = sum(math.log(p) if p > 0 else _LOG_ZERO for p in precisions[:used_orders])
+    return brevity * math.exp(log_sum / used_orders)
 
 
 def _ngrams(tokens, n):
     return collections.Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def describe_metrics(*, use_stemmer: bool = False, smoothing: str = "exp") -> str:
+    """Which implementation and settings the generation metrics use, in words.
+
+    `kerasft.evaluate.generate_and_score` puts this under `"metrics"` in its
+    result; a results table should print it beside the numbers.
+
+    Args:
+        use_stemmer: Whether ROUGE stemmed its tokens.
+        smoothing: The BLEU smoothing.
+
+    Returns:
+        One line, e.g. "BLEU: sacreBLEU corpus BLEU (13a tokenizer, mixed
+        case, exp smoothing, max order 4), 0-1 scale; ROUGE-1/2/L:
+        rouge-score F-measure (rougeL, no stemming), mean over examples;
+        exact match, token F1: SQuAD v1.1 script (normalised: lowercase, no
+        punctuation, no a/an/the), mean over examples".
+    """
+    if smoothing not in _BLEU_SMOOTHING:
+        raise ValueError(
+            f"`smoothing` must be one of {_BLEU_SMOOTHING}. Received: smoothing={smoothing!r}"
+        )
+    stemming = "Porter stemming (NLTK)" if use_stemmer else "no stemming"
+    return (
+        f"BLEU: sacreBLEU corpus BLEU (13a tokenizer, mixed case, {smoothing} smoothing, "
+        f"max order 4), 0-1 scale; ROUGE-1/2/L: rouge-score F-measure (rougeL, {stemming}), "
+        "mean over examples; exact match, token F1: SQuAD v1.1 script (normalised: "
+        "lowercase, no punctuation, no a/an/the), mean over examples"
+    )

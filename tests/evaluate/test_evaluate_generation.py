@@ -12,6 +12,7 @@ from kerasft.evaluate import (
     generate_and_score,
     generate_token_ids,
     greedy_generate,
+    normalize_answer,
     rouge_l,
     token_f1,
 )
@@ -233,3 +234,118 @@ def test_generate_token_ids_rejects_text_and_one_dimensional_ids():
         generate_token_ids(model, "hello")
     with pytest.raises(ValueError, match=r"shape=\(3,\)"):
         generate_token_ids(model, {"token_ids": np.array([2, 5, 6])})
+
+
+def _tiny_chat_model(kind):
+    """A tiny Gemma / Gemma 3 CausalLM with the tiny Gemma-style tokenizer."""
+    from kerasft import testing
+    from kerasft.data.testing_tokenizer import (
+        TINY_TOKENIZER_VOCABULARY_SIZE,
+        tiny_sentencepiece_proto,
+    )
+
+    proto = tiny_sentencepiece_proto()
+    if kind == "gemma":
+        tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
+        preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=16)
+        backbone = testing.tiny_gemma_backbone(vocabulary_size=TINY_TOKENIZER_VOCABULARY_SIZE)
+        return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
+    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer, sequence_length=16)
+    backbone = testing.tiny_gemma3_backbone(vocabulary_size=TINY_TOKENIZER_VOCABULARY_SIZE)
+    return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+# No <end_of_turn> in the prompt: the test below changes that token's
+# embedding, which must not change how the prompt is read.
+CHAT_PROMPT = "<start_of_turn>user\nDefine the word cat.\n<start_of_turn>model\n"
+
+
+def _greedy_ids(model, prompt, length):
+    """The greedy continuation of `prompt` (token ids, no stop token)."""
+    inputs = model.preprocessor.generate_preprocess([prompt], sequence_length=length)
+    mask = np.asarray(keras.ops.convert_to_numpy(inputs["padding_mask"])).astype(bool)
+    model.compile(sampler="greedy")
+    out = generate_token_ids(
+        model,
+        {"token_ids": np.asarray(keras.ops.convert_to_numpy(inputs["token_ids"])), "padding_mask": mask},
+    )
+    return [int(t) for t in out["token_ids"][0][mask[0].sum() :]]
+
+
+@pytest.mark.parametrize("kind", ["gemma", "gemma3"])
+def test_an_output_that_ends_at_end_of_turn_is_scored_without_it(kind):
+    # The situation of a tuned model: it answers, then emits <end_of_turn>.
+    # Forced here through the tied embedding: <end_of_turn>'s row becomes a
+    # copy of the row of a token the model generates, scaled by 1 +- 1% so
+    # that its logit is slightly larger where that token wins, and greedy
+    # decoding emits <end_of_turn> there instead.
+    model = _tiny_chat_model(kind)
+    tokenizer = model.preprocessor.tokenizer
+    end_of_turn = tokenizer.token_to_id("<end_of_turn>")
+    assert (end_of_turn, tokenizer.end_token_id) == (5, 1)
+    length = 40
+    free = _greedy_ids(model, CHAT_PROMPT, length)
+    position = next(
+        i
+        for i, t in enumerate(free)
+        if t > 5 and t not in free[:i] and normalize_answer(tokenizer.detokenize([free[:i]])[0])
+    )
+    context = [int(t) for t in np.asarray(tokenizer(CHAT_PROMPT))] + free[:position]
+    context = [tokenizer.start_token_id] + context
+    logits = keras.ops.convert_to_numpy(
+        model({"token_ids": np.array([context], "int32"), "padding_mask": np.ones((1, len(context)), bool)})
+    )[0, -1]
+    assert int(np.argmax(logits)) == free[position]
+    embeddings = model.backbone.token_embedding.embeddings
+    table = np.array(keras.ops.convert_to_numpy(embeddings))
+    table[end_of_turn] = (1.01 if logits[free[position]] > 0 else 0.99) * table[free[position]]
+    embeddings.assign(table)
+    forced = _greedy_ids(model, CHAT_PROMPT, length)
+    stop = next(i for i, t in enumerate(forced) if t in (1, 5))
+    assert forced[stop] == end_of_turn and stop >= 1
+    # The answer: the tokens before the marker (none of them special).
+    answer_ids = forced[:stop]
+    assert all(t > 5 for t in answer_ids)
+    reference = tokenizer.detokenize([answer_ids])[0]
+    assert normalize_answer(reference)
+
+    result = generate_and_score(
+        model, [CHAT_PROMPT], [reference], max_length=length, batch_size=1, progress=False
+    )
+    # Before the fix: the output was reference + "<end_of_turn>" (and on
+    # Gemma it went on past it), and exact match was 0.0.
+    assert result["exact_match"] == 1.0
+    assert result["token_f1"] == 1.0
+    assert result["outputs"] == [reference]
+    assert "<end_of_turn>" not in result["per_example"][0]["output"]
+    # The raw ids stay available: the answer and the stop token.
+    assert result["output_token_ids"] == [answer_ids + [end_of_turn]]
+    assert result["per_example"][0]["output_token_ids"] == answer_ids + [end_of_turn]
+    assert greedy_generate(model, [CHAT_PROMPT], max_length=length) == [reference]
+    from kerasft.evaluate import describe_metrics, rouge_n
+
+    assert result["metrics"] == describe_metrics()
+    assert result["rouge_1"] == rouge_n(reference, reference, 1)
+
+
+def test_decode_generated_drops_special_tokens_by_id_and_stops_at_the_first_stop():
+    from kerasft.data.testing_tokenizer import tiny_gemma_tokenizer
+    from kerasft.evaluate import decode_generated, resolve_stop_token_ids, special_token_ids
+
+    tokenizer = tiny_gemma_tokenizer()
+    words = [int(t) for t in np.asarray(tokenizer("the cat"))]
+    more = [int(t) for t in np.asarray(tokenizer(" sat"))]
+    assert tokenizer.detokenize([words + more])[0] == "the cat sat"
+    assert special_token_ids(tokenizer) == {0, 1, 2, 4, 5}
+    assert resolve_stop_token_ids(tokenizer, "auto") == (1, 5)
+    assert resolve_stop_token_ids(tokenizer, None) is None
+    # <pad>, <bos>, <start_of_turn> inside are dropped; the text ends at the
+    # first stop id (<end_of_turn>, 5) and what follows it is not shown.
+    ids = [0, 2] + words + [4] + more + [5] + words + [1]
+    assert decode_generated(tokenizer, ids, stop_token_ids=(1, 5)) == "the cat sat"
+    # Without stop ids, every special token is still dropped.
+    assert decode_generated(tokenizer, ids) == "the cat satthe cat"
+    assert decode_generated(tokenizer, [5, 1], stop_token_ids=(1, 5)) == ""
+    with pytest.raises(ValueError, match="stop_token_ids='eos'"):
+        resolve_stop_token_ids(tokenizer, "eos")

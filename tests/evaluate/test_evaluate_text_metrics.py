@@ -33,8 +33,11 @@ def test_token_f1_hand_computed():
     assert token_f1("cat cat dog", "cat dog dog bird") == pytest.approx(4 / 7, rel=1e-12)
     # No shared token.
     assert token_f1("red", "blue") == 0.0
-    # SQuAD 2.0: both empty -> 1, one empty -> 0 ("the" normalises to "").
-    assert token_f1("", "") == 1.0
+    # SQuAD v1.1 (the official script): no shared token -> 0, also when
+    # both are empty (SQuAD 2.0's script would give 1.0 there; this
+    # assertion was `== 1.0` under that convention); one empty -> 0 ("the"
+    # normalises to "").
+    assert token_f1("", "") == 0.0
     assert token_f1("the", "cat") == 0.0
 
 
@@ -117,3 +120,41 @@ def test_bleu_prediction_shorter_than_max_order():
 def test_bleu_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bleu(**kwargs)
+
+
+def test_metrics_take_bytes_and_reject_other_types():
+    # keras-hub may hand back UTF-8 bytes; they score as the decoded text.
+    assert exact_match(b"The Caf\xc3\xa9!", "caf\u00e9") == 1.0
+    assert token_f1(b"cat sat", "cat") == pytest.approx(2 / 3, rel=1e-12)
+    with pytest.raises(TypeError, match="pred=None of type NoneType"):
+        exact_match(None, "cat")
+    with pytest.raises(TypeError, match="text=3"):
+        normalize_answer(3)
+
+
+def test_bleu_tokenize_is_13a_hand_checked():
+    from kerasft.evaluate import bleu_tokenize
+
+    # Punctuation splits off; "." and "," stay inside numbers; "'" and "-"
+    # stay inside words; a dash after a digit splits; case is kept.
+    assert bleu_tokenize("It's 3.14, e-mail (1999-2000).") == [
+        "It's", "3.14", ",", "e-mail", "(", "1999", "-", "2000", ")", ".",
+    ]
+    assert bleu_tokenize("a &amp; b\nc") == ["a", "&", "b", "c"]
+
+
+def test_rouge_n_hand_computed():
+    from kerasft.evaluate import rouge_n
+
+    # pred [the, cat, sat, on, the, mat], ref [the, cat, is, on, the, mat]:
+    # unigrams shared 5 (the x2, cat, on, mat) of 6 and 6 -> F = 5/6;
+    # bigrams shared 3 (the cat, on the, the mat) of 5 and 5 -> F = 3/5.
+    assert rouge_n("the cat sat on the mat", "the cat is on the mat", 1) == pytest.approx(5 / 6, rel=1e-12)
+    assert rouge_n("the cat sat on the mat", "the cat is on the mat", 2) == pytest.approx(3 / 5, rel=1e-12)
+    # Only ASCII letters and digits make tokens (as rouge-score): "café" is
+    # "caf"; stemming: "running" -> "run".
+    assert rouge_n("café", "caf", 1) == 1.0
+    assert rouge_n("running", "run", 1) == 0.0
+    assert rouge_n("running", "run", 1, use_stemmer=True) == 1.0
+    with pytest.raises(ValueError, match="n=0"):
+        rouge_n("a", "a", 0)
