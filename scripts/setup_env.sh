@@ -10,4 +10,4 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # The CPU build of torch 2.13; a plain `torch` requirement would pull a CUDA build.
-python -m pip install -q "torch==2.13.0" -e ".[torch,test,real]"
+python -m pip install -q "torch==2.13.0" -e ".[torch,test,real,eval]"
