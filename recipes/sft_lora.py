@@ -126,6 +126,8 @@ def report(before, after, held_out, config):
     print(f"{'metric':<30}{'before':>10}{'after':>10}")
     for label, key, fmt in rows:
         print(f"{label:<30}{fmt.format(before[key]):>10}{fmt.format(after[key]):>10}")
+    # The defaults `evaluate_model`'s `generate_and_score` call runs with.
+    print(f"Metrics: {evaluate.describe_metrics()}")
     print("\nGenerations (greedy):")
     for record, old, new in list(zip(held_out, before["outputs"], after["outputs"]))[: config["show_examples"]]:
         print(f"- {record['prompt']}\n    reference: {record['response']}\n"
