@@ -10,7 +10,7 @@ A batch is `(x, y, sample_weight)` of numpy arrays:
   (all return a `keras.utils.PyDataset`, `SequenceBatches`).
 - Loaders: `read_jsonl`, `read_csv`, `read_tf_dataset`, `read_tfds`,
   `load_records`.
-- Splits: `train_validation_split`.
+- Splits: `train_validation_split`, `sample_records`.
 - Shipped data: `load_wordnet`, `load_shakespeare`; the TFDS builder
   `kerasft_wordnet` is registered by `import kerasft.data.tfds_wordnet`.
 - Tests: `kerasft.data.testing_tokenizer.tiny_gemma_tokenizer`.
@@ -39,7 +39,7 @@ from kerasft.data.sentiment import (
     load_tweets_sentiment,
     text_classification_arrays,
 )
-from kerasft.data.splits import train_validation_split
+from kerasft.data.splits import sample_records, train_validation_split
 from kerasft.data.templates import (
     GemmaTurnTemplate,
     InstructionTemplate,

@@ -19,6 +19,7 @@ Batches are served from numpy arrays held in memory through a
 tf.data adapter was seen to sit idle ~60 s after the last batch of a `fit`).
 """
 
+import copy
 from typing import Any
 
 import keras
@@ -78,16 +79,18 @@ class SequenceBatches(keras.utils.PyDataset):
 
     Shuffling is deterministic: epoch `e` uses the permutation drawn from
     `numpy.random.default_rng([seed, e])`. The epoch counter starts at 0 and
-    advances in `on_epoch_end()` (Keras calls it after every epoch of `fit`),
-    or can be set with `set_epoch`.
+    advances in `on_epoch_end()` (Keras calls it after every epoch of `fit`,
+    and once before the first: a fresh object's first `fit` epoch follows
+    permutation 1), or can be set with `set_epoch`.
 
-    `len(batches)` is the number of batches per epoch. Train with Keras's
-    own `fit`: `keras.Model.fit(causal_lm, batches, epochs=...)`. (keras-hub
+    `len(batches)` is the number of batches per epoch. Train a keras-hub
+    causal LM with `model.fit(batches)` inside `kerasft.pretokenized(model)`,
+    which hands the batches to Keras's own `fit` in this order (keras-hub
     0.32's `CausalLM.fit` override accepts only arrays, `tf.data` or grain
-    datasets: it slices anything else with `tf.data.Dataset.from_tensor_slices`
-    and fails on a PyDataset. The batches are already preprocessed, so no
-    keras-hub preprocessor must run on them anyway.) A plain `keras.Model`
-    taking the same inputs can call `model.fit(batches)` directly.
+    datasets and fails on a PyDataset). A plain `keras.Model` taking the same
+    inputs can call `model.fit(batches, shuffle=False)` directly (with
+    `shuffle=True`, Keras's default, it also permutes the batch order with
+    Python's global RNG).
 
     Args:
         ids: int [N, T + 1] token ids (see `kerasft.data.packing`).
@@ -174,6 +177,38 @@ class SequenceBatches(keras.utils.PyDataset):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         x = {key: value[rows] for key, value in self._x.items()}
         return x, self._y[rows], self._sample_weight[rows]
+
+    def select(self, rows) -> "SequenceBatches":
+        """The same batching (size, shuffling, seed) over some of the rows.
+
+        Args:
+            rows: indices into the stored order (`as_arrays()`), e.g.
+                `kerasft.data.sample_records(range(batches.num_examples), n, seed)`.
+
+        Returns:
+            A new `SequenceBatches` at epoch 0 holding those rows in that order.
+
+        Raises:
+            ValueError: If `rows` is empty or holds an index out of range.
+        """
+        rows = np.asarray(rows, dtype="int64").reshape(-1)
+        if rows.size == 0 or rows.min() < -self.num_examples or rows.max() >= self.num_examples:
+            raise ValueError(
+                f"`rows` must be a non-empty list of indices below {self.num_examples}. "
+                f"Received: rows={rows.tolist()[:10]!r}"
+                + ("..." if rows.size > 10 else "")
+            )
+        if self.drop_remainder and rows.size < self.batch_size:
+            raise ValueError(
+                f"drop_remainder=True leaves no batch: {rows.size} rows are fewer than "
+                f"batch_size={self.batch_size}. Received: rows of length {rows.size}"
+            )
+        subset = copy.copy(self)
+        subset._x = {key: value[rows] for key, value in self._x.items()}
+        subset._y = self._y[rows]
+        subset._sample_weight = self._sample_weight[rows]
+        subset.set_epoch(0)
+        return subset
 
     def as_arrays(self):
         """All rows as one `(x, y, sample_weight)` tuple, in their stored order.

@@ -82,3 +82,37 @@ def train_validation_split(
     train = [r for r, g in zip(records, group_of) if g not in validation_groups]
     validation = [r for r, g in zip(records, group_of) if g in validation_groups]
     return train, validation
+
+
+def sample_records(records: Sequence[Any], num_records: int | None, seed: int = 0) -> list:
+    """A seeded uniform sample of `num_records` records, drawn without replacement.
+
+    Shipped splits are often sorted (WordNet's are alphabetical), so
+    `records[:n]` is not a sample of the split. The result is in random
+    order, so any prefix of it (`sample[:k]`) is again a uniform sample.
+
+    Args:
+        records: A sequence of records (or any sequence).
+        num_records: How many to draw; `None`, or a number at least
+            `len(records)`, returns every record (shuffled).
+        seed: Sampling seed; the result depends only on it and `records`.
+
+    Returns:
+        A list of `min(num_records, len(records))` records.
+
+    Raises:
+        ValueError: If `num_records` is not a non-negative integer or None.
+    """
+    records = list(records)
+    if num_records is not None and (
+        isinstance(num_records, bool)
+        or not isinstance(num_records, (int, np.integer))
+        or num_records < 0
+    ):
+        raise ValueError(
+            "`num_records` must be a non-negative integer or None. "
+            f"Received: num_records={num_records!r}"
+        )
+    count = len(records) if num_records is None else min(int(num_records), len(records))
+    order = np.random.default_rng(seed).permutation(len(records))[:count]
+    return [records[i] for i in order]

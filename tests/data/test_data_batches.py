@@ -218,3 +218,51 @@ def test_fit_on_tiny_gemma3(tokenizer):
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert losses[1] < losses[0]
     assert batches.epoch >= 2  # Keras called on_epoch_end: a new order each epoch.
+
+
+def test_select_keeps_the_batching_over_the_chosen_rows():
+    from kerasft.data import SequenceBatches
+
+    ids = np.arange(10 * 5, dtype="int32").reshape(10, 5)
+    batches = SequenceBatches(ids, np.ones((10, 5)), np.full(10, 5), batch_size=2, seed=4)
+    subset = batches.select([7, 1, 3, 9])
+    x, y, w = subset.as_arrays()
+    np.testing.assert_array_equal(x["token_ids"], ids[[7, 1, 3, 9], :-1])
+    np.testing.assert_array_equal(y, ids[[7, 1, 3, 9], 1:])
+    assert (subset.batch_size, subset.seed, subset.shuffle, len(subset)) == (2, 4, True, 2)
+    first = np.concatenate([subset[i][0]["token_ids"] for i in range(2)])
+    order = np.random.default_rng([4, 0]).permutation(4)
+    np.testing.assert_array_equal(first, x["token_ids"][order])
+    assert batches.num_examples == 10  # the original is unchanged
+    with pytest.raises(ValueError, match=r"Received: rows=\[10\]"):
+        batches.select([10])
+
+
+def test_keras_hub_lm_fits_sequence_batches_inside_pretokenized(tokenizer):
+    """The documented path: `model.fit(batches)`, without `keras.Model.fit`."""
+    import keras_hub
+
+    import kerasft
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.Gemma3Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(), image_size=16, num_layers=1,
+        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        head_dim=8, vision_encoder=None,
+    )  # fmt: skip
+    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer, sequence_length=64)
+    model = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+    )
+    batches = instruction_batches(
+        load_wordnet("validation")[:8], tokenizer, sequence_length=64, batch_size=4,
+        truncate="response",
+    )  # fmt: skip
+    with kerasft.pretokenized(model):
+        history = model.fit(batches, epochs=2, verbose=0)
+    losses = history.history["loss"]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert model.preprocessor is preprocessor

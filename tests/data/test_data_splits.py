@@ -55,3 +55,30 @@ def test_split_errors():
         train_validation_split([{"w": "a"}, {"w": "a"}], 0.5, key="w")
     with pytest.raises(KeyError, match=r"Record 1 has no key 'word'.*\['headword'\]"):
         train_validation_split([{"word": "a"}, {"headword": "b"}], 0.5, key="word")
+
+
+def test_sample_records_draws_across_the_whole_sorted_split_with_a_seed():
+    from kerasft.data import load_wordnet, sample_records
+
+    words = load_wordnet("train")
+    sample = sample_records(words, 400, seed=0)
+    assert len(sample) == 400 and len({r["prompt"] for r in sample}) == 400
+    assert all(r in words for r in sample[:20])
+    assert sample == sample_records(words, 400, seed=0)
+    assert sample != sample_records(words, 400, seed=1)
+    # Not the alphabetical head the main job used to take: spread over the split.
+    positions = sorted(words.index(r) for r in sample[:50])
+    assert positions[-1] > len(words) // 2 and positions[0] < len(words) // 2
+    assert not {r["prompt"] for r in sample} <= {r["prompt"] for r in words[:400]}
+    # A prefix of a sample is the same seed's smaller sample.
+    assert sample_records(words, 50, seed=0) == sample[:50]
+    assert sorted(map(str, sample_records(list(range(5)), None, seed=0))) == list("01234")
+    assert len(sample_records(list(range(5)), 9, seed=0)) == 5
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "10"])
+def test_sample_records_rejects_bad_counts(bad):
+    from kerasft.data import sample_records
+
+    with pytest.raises(ValueError, match=rf"num_records={bad!r}"):
+        sample_records(list(range(5)), bad)
