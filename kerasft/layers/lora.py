@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from kerasft.einsum import kernel_axes
@@ -25,13 +26,44 @@ def adapter_dtype_policy(compute_dtype: str) -> keras.DTypePolicy:
 
 
 def validate_lora_arguments(rank, alpha, dropout):
-    """Raises a `ValueError` naming the first bad LoRA hyper-parameter."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+    """Raises a `ValueError` naming the first bad LoRA hyper-parameter.
+
+    `rank` may be a Python or NumPy integer (also a float with an integral
+    value is refused: ranks are counts); `alpha` any finite positive number.
+    """
+    if isinstance(rank, (bool, np.bool_)) or not isinstance(rank, (int, np.integer)) or rank <= 0:
         raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if (
+        isinstance(alpha, (bool, np.bool_))
+        or not isinstance(alpha, (int, float, np.integer, np.floating))
+        or not math.isfinite(alpha)
+        or alpha <= 0
+    ):
+        raise ValueError(
+            f"`alpha` must be a finite positive number. Received: alpha={alpha!r}"
+        )
+    if (
+        isinstance(dropout, (bool, np.bool_))
+        or not isinstance(dropout, (int, float, np.integer, np.floating))
+        or not 0.0 <= dropout < 1.0
+    ):
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+
+
+def validate_flag(name: str, value: Any) -> bool:
+    """`value` as a Python bool; a `ValueError` naming `name` unless it is a (NumPy) bool.
+
+    `bool("false")` is True, so a flag read from a YAML string or a CLI must
+    not be coerced.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def python_number(value: Any) -> Any:
+    """A NumPy scalar as the Python int/float it holds (so configs serialise to JSON)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def float_kernel(layer: keras.Layer) -> Any:

@@ -1,6 +1,8 @@
 """Freezing: only chosen blocks or layers train."""
 
 from kerasft.models import architecture
+import numpy as np
+
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.targeting import iter_layers, path_matches
 
@@ -21,6 +23,13 @@ def _block_paths(model, index):
         ) from None
 
 
+def _bad_trainable(trainable):
+    return ValueError(
+        "`trainable` entries must be block indices (integers) or layer paths "
+        f"(strings), not booleans. Received: trainable={trainable!r}"
+    )
+
+
 @register_recipe("freeze")
 class Freeze(Recipe):
     """Freezes the model except the blocks or layers named in `trainable`.
@@ -33,15 +42,20 @@ class Freeze(Recipe):
     """
 
     def __init__(self, trainable=(-1,)):
-        if isinstance(trainable, (int, str)):
+        if isinstance(trainable, (bool, np.bool_)):
+            raise _bad_trainable(trainable)
+        if isinstance(trainable, (int, np.integer, str)):
             trainable = [trainable]
         trainable = list(trainable)
-        if not trainable or not all(isinstance(t, (int, str)) for t in trainable):
+        if not trainable or not all(isinstance(t, (int, np.integer, str)) for t in trainable):
             raise ValueError(
                 "`trainable` must be a non-empty list of block indices or layer "
                 f"paths. Received: trainable={trainable!r}"
             )
-        self.trainable = trainable
+        if any(isinstance(t, (bool, np.bool_)) for t in trainable):
+            # bool is an int subclass: True would silently mean block 1.
+            raise _bad_trainable(trainable)
+        self.trainable = [t if isinstance(t, str) else int(t) for t in trainable]
 
     def apply(self, model):
         freeze_all(model)

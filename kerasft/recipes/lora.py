@@ -2,8 +2,15 @@
 
 import fnmatch
 
+import numpy as np
+
 from kerasft.layers.dora import DoRADense
-from kerasft.layers.lora import LoRADense, validate_lora_arguments
+from kerasft.layers.lora import (
+    LoRADense,
+    python_number,
+    validate_flag,
+    validate_lora_arguments,
+)
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.targeting import (
     adapter_wrappers,
@@ -31,8 +38,10 @@ class LoRA(Recipe):
         targets: layer names, path globs or shortcuts (`"attention"`,
             `"mlp"`, `"all-linear"`); see `kerasft.targeting`.
         use_rslora: rank-stabilised scaling.
-        rank_pattern: optional `{glob_or_name: rank}` overriding `rank` for
-            matching layer paths (first match wins).
+        rank_pattern: optional `{name, glob or shortcut: rank}` overriding
+            `rank` for matching target paths (first match wins;
+            `"attention"` and `"mlp"` work as keys). A key that matches no
+            target raises at `apply`.
         use_dora: wrap with `DoRADense` (weight-decomposed LoRA: a trainable
             per-output-feature magnitude times the normalised `W + scale*AB`)
             instead of `LoRADense`. The method name stays `"lora"`.
@@ -49,21 +58,58 @@ class LoRA(Recipe):
         use_dora=False,
     ):
         validate_lora_arguments(rank, alpha, dropout)
-        self.rank = rank
-        self.alpha = alpha
-        self.dropout = dropout
+        self.rank = int(rank)
+        self.alpha = python_number(alpha)
+        self.dropout = python_number(dropout)
+        if targets is None:
+            raise ValueError(
+                "`targets` must be a non-empty list of layer names, path globs or "
+                "shortcuts ('attention', 'mlp', 'all-linear'). Received: targets=None"
+            )
         self.targets = normalize_targets(targets)
-        self.use_rslora = bool(use_rslora)
-        self.rank_pattern = dict(rank_pattern or {})
-        if not isinstance(use_dora, bool):
-            raise ValueError(f"`use_dora` must be True or False. Received: use_dora={use_dora!r}")
-        self.use_dora = use_dora
-        for pattern, pattern_rank in self.rank_pattern.items():
-            validate_lora_arguments(pattern_rank, alpha, dropout)
+        self.use_rslora = validate_flag("use_rslora", use_rslora)
+        if rank_pattern is not None and not isinstance(rank_pattern, dict):
+            raise ValueError(
+                "`rank_pattern` must be a dict of {layer name, path glob or shortcut: rank}. "
+                f"Received: rank_pattern={rank_pattern!r}"
+            )
+        self.rank_pattern = {}
+        for pattern, pattern_rank in (rank_pattern or {}).items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(
+                    "`rank_pattern` keys must be layer names, path globs or shortcuts. "
+                    f"Received: rank_pattern key {pattern!r}"
+                )
+            if isinstance(pattern_rank, (bool, np.bool_)) or not isinstance(
+                pattern_rank, (int, np.integer)
+            ) or pattern_rank <= 0:
+                raise ValueError(
+                    "`rank_pattern` ranks must be positive integers. Received: "
+                    f"rank_pattern={{{pattern!r}: {pattern_rank!r}}}"
+                )
+            self.rank_pattern[pattern] = int(pattern_rank)
+        self.use_dora = validate_flag("use_dora", use_dora)
+
+    def _pattern_matches(self, path, pattern):
+        return path_matches(path, pattern) or fnmatch.fnmatchcase(path, pattern)
+
+    def check_rank_pattern(self, target_paths):
+        """Raises a ValueError for a `rank_pattern` key that matches none of `target_paths`.
+
+        Called by `apply` before the model changes: a misspelt key would
+        otherwise leave those layers at the default rank without a word.
+        """
+        for pattern in self.rank_pattern:
+            if not any(self._pattern_matches(path, pattern) for path in target_paths):
+                raise ValueError(
+                    f"rank_pattern key {pattern!r} matches no target layer. Received: "
+                    f"rank_pattern={self.rank_pattern!r}, targets={list(self.targets)!r}. "
+                    f"Target layer paths: {sorted(target_paths)}"
+                )
 
     def rank_for(self, path):
         for pattern, pattern_rank in self.rank_pattern.items():
-            if path_matches(path, pattern) or fnmatch.fnmatchcase(path, pattern):
+            if self._pattern_matches(path, pattern):
                 return pattern_rank
         return self.rank
 
@@ -72,7 +118,8 @@ class LoRA(Recipe):
         return DoRADense if self.use_dora else LoRADense
 
     def apply(self, model):
-        find_target_layers(model, self.targets)  # fail before changing anything
+        targets = find_target_layers(model, self.targets)  # fail before changing anything
+        self.check_rank_pattern(targets)
         return self.wrap_targets(model)
 
     def wrap_targets(self, model):

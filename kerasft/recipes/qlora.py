@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasft.layers.lora import LoRADense
+from kerasft.layers.lora import LoRADense, validate_flag
 from kerasft.quantization.calibration import calibration_batches, collect_hessians
 from kerasft.quantization.quantize_model import model_logits, quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
@@ -26,8 +26,12 @@ REQUANTIZE_WARNING = (
 
 
 def validate_residual_rank(residual_rank):
-    """Raises a ValueError naming `residual_rank` unless it is an int >= 0."""
-    if isinstance(residual_rank, bool) or not isinstance(residual_rank, int) or residual_rank < 0:
+    """Raises a ValueError naming `residual_rank` unless it is a (NumPy) int >= 0."""
+    if (
+        isinstance(residual_rank, (bool, np.bool_))
+        or not isinstance(residual_rank, (int, np.integer))
+        or residual_rank < 0
+    ):
         raise ValueError(
             "`residual_rank` must be a non-negative integer. Received: "
             f"residual_rank={residual_rank!r}"
@@ -193,13 +197,13 @@ class QLoRA(LoRA):
         validate_mode(quantization)
         self.quantization = quantization
         self.group_size = group_size
-        self.double_quant = bool(double_quant)
+        self.double_quant = validate_flag("double_quant", double_quant)
         if isinstance(quantize_targets, str):
             quantize_targets = [quantize_targets]
         self.quantize_targets = None if quantize_targets is None else list(quantize_targets)
-        self.quantize_embedding = bool(quantize_embedding)
+        self.quantize_embedding = validate_flag("quantize_embedding", quantize_embedding)
         self.init = init
-        self.residual_rank = residual_rank
+        self.residual_rank = int(residual_rank)
 
     def wrapper_class(self):
         return functools.partial(QLoRADense, residual_rank=self.residual_rank)
@@ -232,6 +236,7 @@ class QLoRA(LoRA):
 
     def _apply(self, model, calibration_data, initialize):
         targets = find_target_layers(model, self.targets)  # fail before changing anything
+        self.check_rank_pattern(targets)
         if calibration_data is not None and self.init != "residual" and not self.residual_rank:
             raise ValueError(
                 "`calibration_data` only weights the fit of the quantization error "

@@ -49,3 +49,19 @@ def test_full_fine_tune_unfreezes_everything_after_lora():
     FullFineTune().apply(model)
     base = [v for v in model.trainable_weights if "lora" not in v.path]
     assert len(base) == total
+
+
+@pytest.mark.parametrize("trainable", [[True], True, [0, False]])
+def test_freeze_rejects_booleans_in_trainable(trainable):
+    # bool is an int subclass: True used to mean block 1.
+    with pytest.raises(ValueError, match=r"`trainable` entries must be block indices .*Received: trainable="):
+        Freeze(trainable=trainable)
+
+
+def test_freeze_accepts_numpy_block_indices():
+    model = testing.tiny_causal_lm("gemma3")
+    recipe = Freeze(trainable=[np.int64(-1)])
+    recipe.apply(model)
+    assert recipe.get_config()["trainable"] == [-1] and type(recipe.get_config()["trainable"][0]) is int
+    trainable = {v.path for v in model.trainable_weights}
+    assert trainable and all(p.startswith("decoder_block_1/") for p in trainable)

@@ -128,3 +128,60 @@ def test_a_failed_apply_leaves_the_model_trainable():
     with pytest.raises(ValueError):
         LoRA(targets=["nothing"]).apply(model)
     assert len(model.trainable_weights) == trainable
+
+
+# Issue 13 item 8: arguments that used to be accepted silently.
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_alpha_must_be_finite(alpha):
+    with pytest.raises(ValueError, match=rf"`alpha` must be a finite positive number. Received: alpha={alpha!r}"):
+        LoRA(alpha=alpha)
+
+
+@pytest.mark.parametrize("argument", ["use_rslora", "use_dora"])
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_flags_must_be_booleans(argument, value):
+    with pytest.raises(ValueError, match=rf"`{argument}` must be True or False. Received: {argument}={value!r}"):
+        LoRA(**{argument: value})
+
+
+def test_numpy_booleans_and_integers_are_accepted_and_stored_as_python_values():
+    import json
+
+    recipe = LoRA(rank=np.int64(4), alpha=np.float32(8.0), use_rslora=np.bool_(True),
+                  use_dora=np.bool_(False), rank_pattern={"value": np.int32(2)})
+    config = recipe.get_config()
+    assert config["rank"] == 4 and type(config["rank"]) is int
+    assert type(config["alpha"]) is float and config["alpha"] == 8.0
+    assert config["use_rslora"] is True and config["use_dora"] is False
+    assert type(config["rank_pattern"]["value"]) is int
+    json.dumps(config)  # numpy scalars would not serialise
+    model = testing.tiny_causal_lm("gemma3")
+    recipe.apply(model)
+    assert {w.target_path: w.rank for w in lora_layers(model)}["decoder_block_0/attention/value"] == 2
+
+
+def test_non_integral_numpy_rank_is_refused():
+    with pytest.raises(ValueError, match=r"`rank` must be a positive integer. Received: rank=np.float64\(2.5\)"):
+        LoRA(rank=np.float64(2.5))
+
+
+def test_rank_pattern_key_matching_no_target_lists_the_target_paths():
+    model = testing.tiny_causal_lm("gemma3")
+    recipe = LoRA(rank=2, targets=["query", "value"], rank_pattern={"valeu": 4})
+    with pytest.raises(ValueError, match=r"rank_pattern key 'valeu' matches no target.*decoder_block_0/attention/query"):
+        recipe.apply(model)
+    assert not lora_layers(model)  # refused before anything changed
+    # A key that names a layer the targets leave out is refused too.
+    with pytest.raises(ValueError, match=r"rank_pattern key 'mlp'"):
+        LoRA(rank=2, targets=["query"], rank_pattern={"mlp": 4}).apply(model)
+
+
+def test_rank_pattern_takes_the_attention_and_mlp_shortcuts():
+    model = testing.tiny_causal_lm("gemma3")
+    LoRA(rank=2, targets=["attention", "mlp"], rank_pattern={"mlp": 6, "attention": 3}).apply(model)
+    ranks = {w.target_path.split("/", 1)[1]: w.rank for w in lora_layers(model)}
+    assert ranks == {"attention/query": 3, "attention/key": 3, "attention/value": 3,
+                     "attention/attention_output": 3, "ffw_gating": 6, "ffw_gating_2": 6,
+                     "ffw_linear": 6}

@@ -275,3 +275,24 @@ def test_quantized_embedding_stays_frozen_and_reloads(batch, tmp_path):
     fresh = testing.tiny_causal_lm("gemma")
     load_adapter(fresh, tmp_path / "qlora")
     np.testing.assert_array_equal(to_numpy(fresh(x)), to_numpy(model(x)))
+
+
+@pytest.mark.parametrize("argument", ["double_quant", "quantize_embedding", "use_rslora"])
+def test_qlora_flags_must_be_booleans(argument):
+    # bool("false") is True: a YAML/CLI string used to turn the option on.
+    with pytest.raises(ValueError, match=rf"`{argument}` must be True or False. Received: {argument}='false'"):
+        QLoRA(**{argument: "false"})
+    assert getattr(QLoRA(**{argument: np.bool_(False)}), argument) is False
+
+
+def test_qlora_rank_pattern_matching_no_target_is_refused_before_quantizing():
+    model = testing.tiny_causal_lm("gemma3")
+    with pytest.raises(ValueError, match=r"rank_pattern key 'ffw_\*' matches no target"):
+        QLoRA(rank=2, targets=["query"], group_size=16, rank_pattern={"ffw_*": 4}).apply(model)
+    assert not quantized_layers(model)
+
+
+def test_qlora_accepts_numpy_integer_ranks():
+    recipe = QLoRA(rank=np.int64(4), residual_rank=np.int64(2))
+    assert (recipe.get_config()["rank"], recipe.get_config()["residual_rank"]) == (4, 2)
+    assert type(recipe.get_config()["residual_rank"]) is int
