@@ -29,9 +29,22 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from sft_lora import load_config, parse_args  # noqa: E402  (the shared config parsing)
 
 import kerasft  # noqa: E402
-from kerasft import data, evaluate  # noqa: E402
+from kerasft import configs, data, evaluate  # noqa: E402
 from kerasft.models import gemma3_from_gguf  # noqa: E402
 from kerasft.recipes.base import recipe_from_config  # noqa: E402
+
+
+# Every key the script reads; `?` marks an optional one (see kerasft.configs).
+# No gradient_accumulation_steps: the classifier fits arrays with Keras's own
+# (per-example) loss, so the key is refused rather than ignored.
+CONFIG_SCHEMA = {
+    "seed": None,
+    "output_dir": None,
+    "model": ["dtype?"],
+    "data": ["sequence_length", "train_examples", "eval_split", "eval_examples"],
+    "recipe": configs.RECIPE,
+    "training": ["batch_size", "epochs", "learning_rate", "weight_decay"],
+}
 
 
 def subset(records, size, seed):
@@ -78,7 +91,7 @@ def train(causal_lm, x, y, config):
 
 
 def main():
-    config = load_config(parse_args("recipes/configs/classifier.yaml", __doc__))
+    config = load_config(parse_args("recipes/configs/classifier.yaml", __doc__), CONFIG_SCHEMA)
     causal_lm, ((x, y), (x_eval, y_eval)) = setup(config)
     model = train(causal_lm, x, y, config)
     probabilities = model.predict(x_eval, batch_size=2 * config["training"]["batch_size"], verbose=0)

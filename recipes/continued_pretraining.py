@@ -24,9 +24,21 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import sft_lora  # noqa: E402  (reuses its config parsing)
 
 import kerasft  # noqa: E402
-from kerasft import data, evaluate  # noqa: E402
+from kerasft import configs, data, evaluate  # noqa: E402
 from kerasft.models import gemma3_from_gguf  # noqa: E402
 from kerasft.recipes import recipe_from_config  # noqa: E402
+
+
+# Every key the script reads; `?` marks an optional one (see kerasft.configs).
+CONFIG_SCHEMA = {
+    "seed": None,
+    "output_dir": None,
+    "model": ["dtype?"],
+    "data": ["sequence_length", "eval_characters"],
+    "recipe": configs.RECIPE,
+    "training": ["batch_size", "epochs", "max_train_rows", "learning_rate", "weight_decay?",
+                 "gradient_accumulation_steps?"],
+}
 
 
 def held_out_perplexity(model, config):
@@ -44,7 +56,7 @@ def held_out_perplexity(model, config):
 
 def main():
     config = sft_lora.load_config(
-        sft_lora.parse_args("recipes/configs/continued_pretraining.yaml", __doc__)
+        sft_lora.parse_args("recipes/configs/continued_pretraining.yaml", __doc__), CONFIG_SCHEMA
     )
     keras.utils.set_random_seed(config["seed"])
     model = gemma3_from_gguf(dtype=config["model"].get("dtype"))
@@ -58,15 +70,20 @@ def main():
         sequence_length=cfg["sequence_length"], batch_size=training["batch_size"],
         seed=config["seed"],
     )
-    x, y, sample_weight = batches.as_arrays()
-    rows = min(len(y), training["max_train_rows"])
-    x, y, sample_weight = {k: v[:rows] for k, v in x.items()}, y[:rows], sample_weight[:rows]
-    steps = -(-rows // training["batch_size"]) * training["epochs"]
-    recipe.compile(model, learning_rate=training["learning_rate"], total_steps=steps)
+    # The packed rows follow the plays in order: train on a seeded sample of them.
+    keep = data.sample_records(range(batches.num_examples), training["max_train_rows"],
+                               config["seed"])
+    batches = batches.select(keep)
+    rows = batches.num_examples
+    accumulation = training.get("gradient_accumulation_steps", 1)
+    fit_batches, steps_per_epoch = configs.accumulated_batches(batches, accumulation)
+    steps = steps_per_epoch * training["epochs"]  # optimizer steps
+    recipe.compile(model, learning_rate=training["learning_rate"], total_steps=steps,
+                   weight_decay=training.get("weight_decay", 0.01),
+                   gradient_accumulation_steps=accumulation)
     start = time.perf_counter()
-    with kerasft.pretokenized(model):
-        model.fit(x, y, sample_weight=sample_weight, batch_size=training["batch_size"],
-                  epochs=training["epochs"], shuffle=True, verbose=1)
+    with kerasft.pretokenized(model):  # shuffled with `seed`, a new order every epoch
+        model.fit(fit_batches, epochs=training["epochs"], verbose=1)
     print(f"Trained {steps} steps on {rows} rows of {cfg['sequence_length']} tokens "
           f"in {time.perf_counter() - start:.0f} s")
 

@@ -20,8 +20,18 @@ import keras
 import keras_hub
 
 import kerasft
-from kerasft import data, testing
-from kerasft.recipes.base import read_config_file, recipe_from_config
+from kerasft import configs, data, testing
+from kerasft.recipes.base import recipe_from_config
+
+# Every key the script (and ia3.py, adapters.py, prefix_tuning.py,
+# prompt_tuning.py) reads; `?` marks an optional one (see kerasft.configs).
+CONFIG_SCHEMA = {
+    "seed": None,
+    "output_dir": None,
+    "recipe": configs.RECIPE,
+    "data": ["template", "train_examples", "sequence_length"],
+    "training": ["batch_size", "epochs", "learning_rate", "gradient_accumulation_steps?"],
+}
 
 
 def load_model(name, sequence_length):
@@ -48,7 +58,7 @@ def main(default_config="recipes/configs/dora.yaml"):
     parser.add_argument("--config", default=default_config)
     parser.add_argument("--model", default="tiny", choices=["tiny", "gemma3-270m"])
     args = parser.parse_args()
-    config = read_config_file(args.config)
+    config = configs.load_script_config(args.config, schema=CONFIG_SCHEMA)
     cfg, training = config["data"], config["training"]
     keras.utils.set_random_seed(config["seed"])
 
@@ -58,18 +68,20 @@ def main(default_config="recipes/configs/dora.yaml"):
     trainable = int(sum(keras.ops.size(v) for v in model.trainable_weights))
     print(f"{recipe}: {trainable:,} trainable parameters")
 
-    records = data.load_wordnet("train")[: cfg["train_examples"]]
+    # The shipped split is alphabetical: sample across the whole alphabet.
+    records = data.sample_records(data.load_wordnet("train"), cfg["train_examples"], config["seed"])
     batches = data.instruction_batches(
         records, model.preprocessor.tokenizer, template=cfg["template"],
         sequence_length=cfg["sequence_length"], batch_size=training["batch_size"],
         seed=config["seed"], truncate="response",
-    )
-    x, y, sample_weight = batches.as_arrays()
+    )  # shuffled with `seed`, in a new order every epoch
+    accumulation = training.get("gradient_accumulation_steps", 1)
+    fit_batches, steps_per_epoch = configs.accumulated_batches(batches, accumulation)
     recipe.compile(model, learning_rate=training["learning_rate"],
-                   total_steps=len(batches) * training["epochs"])
+                   total_steps=steps_per_epoch * training["epochs"],
+                   gradient_accumulation_steps=accumulation)
     with kerasft.pretokenized(model):  # the batches are token ids already
-        history = model.fit(x, y, sample_weight=sample_weight, batch_size=training["batch_size"],
-                            epochs=training["epochs"], verbose=2)
+        history = model.fit(fit_batches, epochs=training["epochs"], verbose=2)
     losses = history.history["loss"]
     print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 

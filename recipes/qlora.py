@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from kerasft import data  # noqa: E402
 from kerasft.recipes import QLoRA  # noqa: E402
 from sft_lora import (  # noqa: E402
+    CONFIG_SCHEMA,
     evaluate_model,
     load_config,
     parse_args,
@@ -33,8 +34,16 @@ from sft_lora import (  # noqa: E402
 )
 
 
+# sft_lora.py's keys, plus the calibration data and the merge settings.
+QLORA_CONFIG_SCHEMA = {
+    **CONFIG_SCHEMA,
+    "data": CONFIG_SCHEMA["data"] + ["calibration_examples?"],
+    "merge": ["requantize"],
+}
+
+
 def main():
-    config = load_config(parse_args("recipes/configs/qlora.yaml", __doc__))
+    config = load_config(parse_args("recipes/configs/qlora.yaml", __doc__), QLORA_CONFIG_SCHEMA)
     cfg = config["data"]
     model, train_records, held_out = setup(config)
     before = evaluate_model(model, held_out, config)
@@ -44,7 +53,8 @@ def main():
     )
     calibration_examples = fits_error and cfg.get("calibration_examples")
     if calibration_examples:
-        # Training examples (prompt + response), never held-out words.
+        # Training examples (prompt + response), never held-out words; a
+        # prefix of the (randomly ordered) sample is itself a uniform sample.
         apply_kwargs["calibration_data"] = data.instruction_batches(
             train_records[:calibration_examples], model.preprocessor.tokenizer,
             template=cfg["template"], sequence_length=cfg["sequence_length"],

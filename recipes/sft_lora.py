@@ -21,12 +21,24 @@ import pathlib
 import time
 
 import keras
-import yaml
 
 import kerasft
-from kerasft import data, evaluate
+from kerasft import configs, data, evaluate
 from kerasft.models import gemma3_from_gguf
-from kerasft.recipes.base import read_config_file, recipe_from_config
+from kerasft.recipes.base import recipe_from_config
+
+# Every key the script reads; `?` marks an optional one (see kerasft.configs).
+CONFIG_SCHEMA = {
+    "seed": None,
+    "output_dir": None,
+    "show_examples": None,
+    "model": ["dtype?"],
+    "data": ["template", "sequence_length", "train_examples", "eval_examples",
+             "generation_max_length", "generation_batch_size"],
+    "recipe": configs.RECIPE,
+    "training": ["batch_size", "epochs", "learning_rate", "weight_decay",
+                 "gradient_accumulation_steps?"],
+}
 
 
 def parse_args(default_config="recipes/configs/sft_lora.yaml", description=__doc__):
@@ -39,16 +51,9 @@ def parse_args(default_config="recipes/configs/sft_lora.yaml", description=__doc
     return parser.parse_args()
 
 
-def load_config(args):
-    config = read_config_file(args.config)
-    for override in args.set:
-        dotted, _, value = override.partition("=")
-        *sections, key = dotted.split(".")
-        node = config
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[key] = yaml.safe_load(value)
-    return config
+def load_config(args, schema=CONFIG_SCHEMA):
+    """The config file with the `--set` overrides, every section's keys checked against `schema`."""
+    return configs.load_script_config(args.config, args.set, schema)
 
 
 def setup(config):
@@ -58,8 +63,9 @@ def setup(config):
     print(f"Loaded Gemma 3 270M ({model.backbone.count_params():,} parameters, "
           f"{model.backbone.dtype_policy.name}) in {time.perf_counter() - start:.0f} s")
     cfg = config["data"]
-    train = data.load_wordnet("train")[: cfg["train_examples"]]
-    held_out = data.load_wordnet("test")[: cfg["eval_examples"]]
+    # The shipped splits are alphabetical: sample across the whole alphabet.
+    train = data.sample_records(data.load_wordnet("train"), cfg["train_examples"], config["seed"])
+    held_out = data.sample_records(data.load_wordnet("test"), cfg["eval_examples"], config["seed"])
     return model, train, held_out
 
 
@@ -98,21 +104,21 @@ def train(model, train_records, config, **apply_kwargs):
         train_records, model.preprocessor.tokenizer, template=cfg["template"],
         sequence_length=cfg["sequence_length"], batch_size=training["batch_size"],
         seed=config["seed"], truncate="response",
-    )
-    x, y, sample_weight = batches.as_arrays()
-    steps = len(batches) * training["epochs"]
+    )  # shuffled with `seed`, in a new order every epoch
+    accumulation = training.get("gradient_accumulation_steps", 1)
+    fit_batches, steps_per_epoch = configs.accumulated_batches(batches, accumulation)
+    steps = steps_per_epoch * training["epochs"]  # optimizer steps
     recipe.compile(model, learning_rate=training["learning_rate"], total_steps=steps,
-                   weight_decay=training["weight_decay"])
+                   weight_decay=training["weight_decay"], gradient_accumulation_steps=accumulation)
     output_dir = pathlib.Path(config["output_dir"])
     start = time.perf_counter()
     with kerasft.pretokenized(model):  # batches are token ids already
         history = model.fit(
-            x, y, sample_weight=sample_weight, batch_size=training["batch_size"],
-            epochs=training["epochs"], shuffle=True, verbose=1,
+            fit_batches, epochs=training["epochs"], verbose=1,
             callbacks=[kerasft.TrainingCheckpoint(output_dir / "checkpoint", resume=False)],
         )
     seconds = time.perf_counter() - start
-    tokens = int(x["padding_mask"].sum()) * training["epochs"]
+    tokens = int(batches.as_arrays()[0]["padding_mask"].sum()) * training["epochs"]
     print(f"Trained {steps} steps in {seconds:.0f} s ({tokens / seconds:.0f} tokens/s); "
           f"mean training loss per epoch: {[round(v, 3) for v in history.history['loss']]}")
     return recipe
