@@ -10,6 +10,7 @@
 - `generate_token_ids`: token ids in and out, with or without a preprocessor
   (keras-hub's Gemma 3 `generate` needs one).
 - `accuracy`, `macro_f1`: classification metrics in numpy.
+- `model_logits`: float32 numpy logits of a model on one batch.
 """
 
 from kerasft.evaluate.classification import accuracy, macro_f1
@@ -21,6 +22,7 @@ from kerasft.evaluate.generation import (
     resolve_stop_token_ids,
     special_token_ids,
 )
+from kerasft.evaluate.logits import model_logits
 from kerasft.evaluate.perplexity import perplexity
 from kerasft.evaluate.text_metrics import (
     bleu,
@@ -45,6 +47,7 @@ __all__ = [
     "generate_token_ids",
     "greedy_generate",
     "macro_f1",
+    "model_logits",
     "normalize_answer",
     "perplexity",
     "resolve_stop_token_ids",

@@ -17,8 +17,6 @@ for the error of earlier ones.
 
 
 import keras
-import numpy as np
-from keras import ops
 
 from kerasft.models import architecture
 from kerasft.quantization.calibration import (
@@ -333,10 +331,3 @@ def quantize_embedding(model):
         "quantized_bytes": new.quantized_bytes(),
         "output_error": None,
     }
-
-
-def model_logits(model, batch):
-    """Float32 numpy logits of `model` on one batch (see `calibration_inputs`)."""
-    from kerasft.quantization.calibration import calibration_inputs
-
-    return np.asarray(ops.convert_to_numpy(ops.cast(model(calibration_inputs(batch)), "float32")))

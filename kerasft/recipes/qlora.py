@@ -9,7 +9,8 @@ from keras import ops
 
 from kerasft.layers.lora import LoRADense, validate_flag
 from kerasft.quantization.calibration import calibration_batches, collect_hessians
-from kerasft.quantization.quantize_model import model_logits, quantize_model
+from kerasft.evaluate.logits import model_logits
+from kerasft.quantization.quantize_model import quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_mode
 from kerasft.quantization.residual_init import low_rank_residual, weighted_error

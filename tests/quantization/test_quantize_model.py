@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kerasft.quantization import QuantizedEinsumDense, quantize_model
-from kerasft.quantization.quantize_model import model_logits
+from kerasft.evaluate import model_logits
 from kerasft.testing import random_token_batch, tiny_causal_lm
 
 GEMMA_LAYER_NAMES = [
