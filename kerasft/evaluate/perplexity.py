@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from kerasft.evaluate._progress import Progress, iterate_batches, no_grad
+from kerasft.models import architecture
 
 
 def perplexity(
@@ -67,8 +68,9 @@ def perplexity(
         raise ValueError(
             f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}"
         )
-    backbone = getattr(model, "backbone", None)
-    embedding = getattr(backbone, "token_embedding", None)
+    # A bare backbone is refused: its `call` returns hidden states, not logits.
+    backbone = architecture.backbone(model) if architecture.has_backbone(model) else None
+    embedding = None if backbone is None else architecture.token_embedding(model)
     if embedding is None:
         raise ValueError(
             "`model` must be a keras-hub causal LM with `model.backbone."

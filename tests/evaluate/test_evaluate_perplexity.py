@@ -159,3 +159,9 @@ def test_bad_arguments(gemma3, batches):
         perplexity(gemma3, [(x, y, 0 * sample_weight)], progress=False)
     with pytest.raises(ValueError, match="model=Sequential"):
         perplexity(keras.Sequential([keras.layers.Dense(2)]), batches, progress=False)
+
+
+def test_bare_backbone_is_refused(gemma3, batches):
+    # A backbone has a token embedding but returns hidden states, not logits.
+    with pytest.raises(ValueError, match="model=Gemma3Backbone with backbone=NoneType"):
+        perplexity(gemma3.backbone, batches, progress=False)
