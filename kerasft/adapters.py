@@ -1,13 +1,24 @@
-"""Adapter files: save what a recipe trained, load it onto a fresh base, merge it.
+"""Adapter files: save what the applied recipes trained, load it onto a fresh base, merge it.
 
 An adapter directory holds two files:
 - `adapter.safetensors`: the trained tensors, keyed by layer path
   (`decoder_block_3/attention/query/lora_a`), never by position;
-- `adapter_config.json`: the recipe config (method, rank, alpha, dropout,
-  rslora, targets), the exact target paths, the dtype, the kerasft version,
-  and the base model's class, config and a fingerprint of that config.
+- `adapter_config.json`: the applied recipes in order (`recipes`: each
+  config, with the exact paths of the layers it wrapped), the recipes
+  already merged into the base it was trained on (`base_merged`), the
+  SHA-256 of each saved tensor, the quantized layers of the adapted model,
+  the dtype, the kerasft version, and the base model's class, config and a
+  fingerprint of that config. `method`, `recipe`, `target_paths` and
+  `ranks` describe the last recipe, as single-recipe files did.
+
+Recipes compose: each recipe applied to a model is recorded with the layers
+it wrapped (`kerasft.recipes.base.applied_recipes`); a later recipe freezes
+what the earlier ones trained and must not target layers they wrapped. Saving
+writes every recipe's weights and config; loading re-applies each in order,
+aimed at its own layers, so each adapter keeps its own settings.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,12 +28,25 @@ import tempfile
 import keras
 import numpy as np
 
-from kerasft.recipes.base import applied_recipe_config, recipe_from_config
-from kerasft.recipes.lora import lora_layers
-from kerasft.targeting import adapter_wrappers, refresh_after_surgery, replace_layer
+from kerasft.quantization.quantized_dense import QuantizedEinsumDense
+from kerasft.quantization.quantized_embedding import QuantizedEmbedding
+from kerasft.recipes.base import (
+    applied_recipes,
+    recipe_from_config,
+    restore_applied_recipes,
+    split_merged_recipes,
+)
+from kerasft.targeting import (
+    adapter_wrappers,
+    iter_layers,
+    refresh_after_surgery,
+    replace_layer,
+    undo_surgery_on_error,
+)
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 2
 # Settings that do not change which weights fit where.
 _FINGERPRINT_IGNORED_KEYS = ("name", "trainable", "dtype")
 
@@ -31,48 +55,59 @@ def _backbone(model):
     return getattr(model, "backbone", model)
 
 
-def base_model_config(model):
+def base_model_config(model: keras.Model) -> dict:
     """The backbone config that decides whether an adapter fits, as plain JSON."""
     config = _backbone(model).get_config()
     config = {k: v for k, v in config.items() if k not in _FINGERPRINT_IGNORED_KEYS}
     return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
-def base_model_fingerprint(model):
+def base_model_fingerprint(model: keras.Model) -> str:
     """A SHA-256 of `base_model_config(model)`."""
     canonical = json.dumps(base_model_config(model), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _trained_tensors(model):
-    """`{key: variable}` of what the applied recipe trains or fitted (QLoRA's corrections)."""
-    wrappers = lora_layers(model)
-    if wrappers:
-        tensors = {}
-        for wrapper in wrappers:
-            tensors[f"{wrapper.target_path}/lora_a"] = wrapper.lora_a
-            tensors[f"{wrapper.target_path}/lora_b"] = wrapper.lora_b
-            if getattr(wrapper, "residual_rank", 0):  # QLoRA's frozen error correction
-                tensors[f"{wrapper.target_path}/residual_a"] = wrapper.residual_a
-                tensors[f"{wrapper.target_path}/residual_b"] = wrapper.residual_b
-        # Weights trained beside the adapters (e.g. a classification head).
-        in_adapters = {id(v) for v in tensors.values()}
-        for variable in model.trainable_variables:
-            if id(variable) not in in_adapters:
-                tensors[variable.path] = variable
-        return tensors
-    return {variable.path: variable for variable in model.trainable_variables}
+def quantized_layers(model: keras.Model) -> dict[str, str]:
+    """`{layer path: "Class(mode)"}` of every weight-quantized layer in `model`.
+
+    An adapter trained over float layers gives other outputs over quantized
+    ones (and the other way round), so adapter files record this.
+    """
+    found = {}
+    for layer in iter_layers(model):
+        mode = getattr(layer, "quantization_mode", None)  # Keras's own quantized layers
+        if isinstance(layer, QuantizedEinsumDense):
+            mode = layer.mode
+        elif isinstance(layer, QuantizedEmbedding):
+            mode = "int8"
+        if mode is not None and layer.path:
+            found[layer.path] = f"{type(layer).__name__}({mode})"
+    return found
 
 
-def _pin_target_paths(recipe_config, target_paths, ranks):
-    """The recipe config with exact LoRA targets, in its nested `base` recipe if any."""
-    recipe_config = dict(recipe_config)
-    if isinstance(recipe_config.get("base"), dict):
-        recipe_config["base"] = _pin_target_paths(recipe_config["base"], target_paths, ranks)
-    else:
-        recipe_config["targets"] = target_paths
-        recipe_config["rank_pattern"] = ranks
-    return recipe_config
+def _trained_tensors(model, entries=None):
+    """`{key: variable}` of what the live recipes added, trained or fitted.
+
+    Every adapter wrapper's own weights (each wrapper says which and under
+    which key, `AdapterWrapper.adapter_weights`), then every other variable
+    one of `entries` trained or that is trainable now (a Freeze block, a
+    classifier head, a soft prompt), keyed by its path.
+    """
+    if entries is None:
+        entries = split_merged_recipes(model)[1]
+    tensors = {}
+    for wrapper in adapter_wrappers(model):
+        tensors.update(wrapper.adapter_weights())
+    in_wrappers = {id(v) for v in tensors.values()}
+    trained = {path for entry in entries for path in entry.trained_paths}
+    trainable = {id(v) for v in model.trainable_variables}
+    for variable in model.variables:
+        if id(variable) in in_wrappers:
+            continue
+        if id(variable) in trainable or variable.path in trained:
+            tensors[variable.path] = variable
+    return tensors
 
 
 def _to_numpy(variable):
@@ -80,85 +115,204 @@ def _to_numpy(variable):
     return np.array(keras.ops.convert_to_numpy(variable), order="C", copy=True)
 
 
+def _process_umask():
+    # os.umask is the only portable way to read it: set, then put back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def tensor_sha256(array: np.ndarray) -> str:
+    """The SHA-256 (hex) of one array's dtype, shape and C-order bytes."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{tuple(array.shape)}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _atomic_write(path, write):
-    """Calls `write(tmp_path)` then renames over `path`: no torn files."""
+    """Calls `write(tmp_path)` then renames over `path`: no torn files.
+
+    The file gets the permissions of a plainly created one (`0o666` less the
+    process umask; `mkstemp` alone would leave it `0o600`). Temp files of
+    the same target left by a killed write (`.{name}.*.tmp` beside it) are
+    removed first.
+
+    """
     path = pathlib.Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_process_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def save_tensors(tensors, path, metadata=None):
-    """Writes `{key: array}` to a safetensors file atomically."""
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> dict[str, str]:
+    """Writes `{key: array}` to a safetensors file atomically.
+
+    Returns:
+        `{key: tensor_sha256}` of what was written.
+    """
     from safetensors.numpy import save_file
 
     arrays = {key: _to_numpy(value) for key, value in tensors.items()}
     _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+    return {key: tensor_sha256(array) for key, array in arrays.items()}
 
 
-def load_tensors(path):
-    """Reads a safetensors file into `{key: numpy array}`."""
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
-
-def save_adapter(model, directory):
-    """Saves the weights the applied recipe trains, and its config.
+def load_tensors(path: str | os.PathLike, sha256: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Reads a safetensors file into `{key: numpy array}`.
 
     Args:
-        model: a model a kerasft recipe was applied to.
+        path: the file.
+        sha256: optional `{key: tensor_sha256}` recorded when it was written
+            (`save_tensors` returns it); each tensor it names is checked.
+            Missing or extra keys are left to the caller.
+
+    Raises:
+        FileNotFoundError: if there is no file, naming it.
+        ValueError: if the file cannot be parsed or a tensor's bytes do not
+            match `sha256`, naming the file.
+    """
+    from safetensors.numpy import load_file
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No safetensors file. Received: path={str(path)!r}")
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise ValueError(
+            f"Cannot read the safetensors file {path}. Received: {type(error).__name__}: {error}"
+        ) from error
+    corrupt = sorted(
+        key for key, array in tensors.items()
+        if key in (sha256 or {}) and tensor_sha256(array) != sha256[key]
+    )
+    if corrupt:
+        raise ValueError(
+            f"The SHA-256 of some tensors in {path} does not match the one recorded when "
+            f"it was written: the file is corrupt or was replaced. Received: tensors {corrupt}"
+        )
+    return tensors
+
+
+def _describe(entries):
+    return [entry.describe() for entry in entries]
+
+
+def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Path:
+    """Saves the weights and configs of every recipe applied to `model`.
+
+    Args:
+        model: a model kerasft recipes were applied to (one or several, in
+            order; see the module docstring).
         directory: created if missing; existing adapter files are replaced
             atomically.
 
     Returns:
         The path of the directory.
+
+    Raises:
+        ValueError: if no recipe was applied, or if what was applied was
+            merged into the base since (nothing is left to save: save before
+            merging); nothing is written then.
     """
     from kerasft import __version__
 
-    recipe_config = applied_recipe_config(model)
-    if recipe_config is None:
+    entries = applied_recipes(model)
+    if not entries:
         raise ValueError(
             "`model` has no kerasft recipe applied, so there is no adapter to "
             f"save. Received: model={model.name!r}"
         )
+    merged, live = split_merged_recipes(model)
+    present = {id(w) for w in adapter_wrappers(model)}
+    half = [entry for entry in merged if any(id(w) in present for w in entry.wrappers())]
+    if half:
+        raise ValueError(
+            "Some adapters were merged into the base and others applied before them "
+            "were not, so no adapter file can describe this model; merge them all "
+            f"(`kerasft.merge_adapters`) or save before merging. Received: unmerged {half} "
+            f"among merged {[e for e in merged if e not in half]}"
+        )
+    if not live:
+        raise ValueError(
+            "The adapter was merged into the base at paths "
+            f"{[p for e in merged for p in e.target_paths]} ({merged}), so nothing is "
+            "left to save; save the adapter before merging. Nothing was written. "
+            f"Received: directory={str(directory)!r}"
+        )
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _trained_tensors(model)
-    wrappers = lora_layers(model)
+    tensors = _trained_tensors(model, live)
+    wrappers = [w for entry in live for w in entry.wrappers()]
     config = {
-        "method": recipe_config["method"],
-        "recipe": recipe_config,
+        "format_version": FORMAT_VERSION,
+        "method": live[-1].config["method"],
+        "recipe": live[-1].config,
+        "recipes": _describe(live),
+        "base_merged": _describe(merged),
         "target_paths": [w.target_path for w in wrappers],
-        "ranks": {w.target_path: w.rank for w in wrappers},
+        "ranks": {w.target_path: w.rank for w in wrappers if hasattr(w, "rank")},
+        "quantized_layers": quantized_layers(model),
         "dtype": str(next(iter(tensors.values())).dtype) if tensors else None,
         "kerasft_version": __version__,
         "base_model_class": type(model).__name__,
         "base_model_fingerprint": base_model_fingerprint(model),
         "base_model_config": base_model_config(model),
     }
-    save_tensors(tensors, directory / WEIGHTS_FILE, metadata={"format": "kerasft"})
+    config["weights_sha256"] = save_tensors(
+        tensors, directory / WEIGHTS_FILE, metadata={"format": "kerasft"}
+    )
     text = json.dumps(config, indent=2, sort_keys=True)
     _atomic_write(directory / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
     return directory
 
 
-def read_adapter_config(directory):
-    """Reads `adapter_config.json` from an adapter directory."""
+def read_adapter_config(directory: str | os.PathLike) -> dict:
+    """Reads `adapter_config.json` from an adapter directory.
+
+    Raises:
+        FileNotFoundError: if the directory has none.
+        ValueError: if it is not a JSON object, naming the file.
+    """
     path = pathlib.Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"No {CONFIG_FILE} in the adapter directory. Received: directory={str(directory)!r}"
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"Cannot parse {path} as JSON. Received: {error}") from error
+    if not isinstance(config, dict) or "recipe" not in config:
+        raise ValueError(
+            f"{path} is not an adapter config (a JSON object with a `recipe`). "
+            f"Received: {type(config).__name__} with keys {sorted(config) if isinstance(config, dict) else None}"
+        )
+    return config
 
 
-def check_base_model(model, config):
+def saved_recipes(config: dict) -> list[dict]:
+    """The `[{"recipe", "target_paths"}]` of an adapter config, oldest first.
+
+    Files written before recipes composed hold one recipe, at `recipe` and
+    `target_paths`.
+    """
+    if "recipes" in config:
+        return config["recipes"]
+    return [{"recipe": config["recipe"], "target_paths": config.get("target_paths") or []}]
+
+
+def check_base_model(model: keras.Model, config: dict) -> None:
     """Raises a ValueError naming every config key where `model` differs."""
     if config["base_model_fingerprint"] == base_model_fingerprint(model):
         return
@@ -175,34 +329,139 @@ def check_base_model(model, config):
     )
 
 
-def load_adapter(model, directory):
-    """Applies a saved adapter's recipe to a fresh base model and loads its weights.
+def _pinned(description):
+    """The recipe of a `{"recipe", "target_paths"}` description, aimed at its paths."""
+    recipe = recipe_from_config(description["recipe"])
+    return recipe.with_target_paths(description.get("target_paths") or [])
+
+
+def _comparable(descriptions):
+    return [
+        (_pinned(d).get_config(), list(d.get("target_paths") or [])) for d in descriptions
+    ]
+
+
+def _check_model_state(model, config, directory):
+    """Refuses a model with live recipes or a merged base other than the adapter's."""
+    merged, live = split_merged_recipes(model)
+    claimed = {id(w) for entry in live for w in entry.wrappers()}
+    stray = [w.target_path for w in adapter_wrappers(model) if id(w) not in claimed]
+    if live or stray:
+        raise ValueError(
+            "`model` already has kerasft recipes or adapters applied "
+            f"({live or ''}{' adapters at ' + str(stray) if stray else ''}); "
+            "`load_adapter` applies the adapter's own recipes to the base model as it "
+            f"was before `apply`. Load it onto a fresh base. Received: directory={str(directory)!r}"
+        )
+    saved_merged = config.get("base_merged", [])
+    if _comparable(_describe(merged)) == _comparable(saved_merged):
+        return
+    if not saved_merged:
+        raise ValueError(
+            f"`model` has adapters merged into it ({merged}); the adapter in "
+            f"{str(directory)!r} was trained on the base without them, so loading it "
+            "here would apply an adapter on top of a changed base (twice, if it is the "
+            "one merged). Load it onto the unmerged base."
+        )
+    raise ValueError(
+        f"The adapter in {str(directory)!r} was trained on a base with adapters merged "
+        f"into it ({[(d['recipe']['method'], d['target_paths']) for d in saved_merged]}). "
+        "Load and merge those into the base first. Received: `model` with "
+        f"{merged or 'no adapter'} merged"
+    )
+
+
+def _check_quantization(saved, current, when, directory):
+    differences = [
+        f"{path}: the adapter's model had {saved.get(path, 'a float layer')}, this model "
+        f"has {current.get(path, 'a float layer')}"
+        for path in sorted(set(saved) | set(current))
+        if saved.get(path) != current.get(path)
+    ]
+    if differences:
+        raise ValueError(
+            f"The adapter in {str(directory)!r} was trained over other layer quantization "
+            f"than this model has {when} (a LoRA adapter is loaded onto the float or "
+            "quantized base it was trained on; QLoRA adapters quantize a float base "
+            f"themselves). Received: {'; '.join(differences)}"
+        )
+
+
+def load_adapter(model: keras.Model, directory: str | os.PathLike) -> keras.Model:
+    """Applies a saved adapter's recipes to a base model and loads their weights.
+
+    Everything that can be checked before changing the model is checked
+    first: both files are read and parsed, the weights file's SHA-256 is
+    checked, and the base model is compared with the adapter's (its config,
+    what was merged into it, its quantized layers). If a check that needs
+    the recipes applied fails (a tensor that does not fit), the model is put
+    back as it was, so a retry with a good directory works.
 
     Args:
-        model: the base model, without the adapter (as before `apply`).
+        model: the base model, as before `apply` (with the same adapters
+            merged into it as the base the adapter was trained on, if any).
         directory: a directory written by `save_adapter`.
 
     Returns:
-        The model the recipe's `apply` returns: `model` changed in place, or
-        for a recipe that builds a new model around it (`Classifier`), that
-        new model. Its outputs equal the saved model's.
+        The model the last recipe's `apply` returns: `model` changed in
+        place, or for a recipe that builds a new model around it
+        (`Classifier`), that new model. Its outputs equal the saved model's.
 
     Raises:
-        ValueError: if `model` is a different base (naming the config
-            difference), or if a saved tensor has no place in the model or a
-            trained weight has no saved tensor.
+        FileNotFoundError: if a file is missing.
+        ValueError: if a file cannot be parsed or is corrupt (naming it),
+            if `model` is a different base (naming the difference), already
+            has recipes applied, has other adapters merged into it, or if a
+            saved tensor has no place in the model or a trained weight has
+            no saved tensor.
     """
+    directory = pathlib.Path(directory)
     config = read_adapter_config(directory)
+    tensors = load_tensors(directory / WEIGHTS_FILE, sha256=config.get("weights_sha256"))
     check_base_model(model, config)
-    recipe_config = dict(config["recipe"])
-    if config["target_paths"]:
-        # Exact paths: the saved adapter lands on the very same layers, even if
-        # the original targets were patterns.
-        recipe_config = _pin_target_paths(
-            recipe_config, config["target_paths"], config["ranks"]
-        )
-    model = recipe_from_config(recipe_config).apply_for_loading(model)
-    tensors = load_tensors(pathlib.Path(directory) / WEIGHTS_FILE)
+    _check_model_state(model, config, directory)
+    saved_quantized = config.get("quantized_layers")
+    if saved_quantized is not None:
+        # Recipes may quantize layers (QLoRA), never the other way round.
+        current = quantized_layers(model)
+        _check_quantization({p: saved_quantized.get(p) for p in current if p in saved_quantized},
+                            current, "before the adapter is applied", directory)
+    try:
+        recipes = [_pinned(description) for description in saved_recipes(config)]
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{directory / CONFIG_FILE}: {error}") from error
+
+    record = applied_recipes(model)
+    base = model
+    try:
+        with undo_surgery_on_error(base):
+            for recipe in recipes:
+                model = recipe.apply_for_loading(model)
+            _check_target_paths(saved_recipes(config), split_merged_recipes(model)[1], directory)
+            if saved_quantized is not None:
+                _check_quantization(saved_quantized, quantized_layers(model), "with it applied",
+                                    directory)
+            _assign_saved_tensors(model, tensors)
+    except BaseException:
+        restore_applied_recipes(base, record)
+        raise
+    return model
+
+
+def _check_target_paths(saved, applied, directory):
+    """Each re-applied recipe must have wrapped the very layers it wrapped when saved."""
+    for description, entry in zip(saved, applied):
+        paths = description.get("target_paths") or []
+        if paths and entry.target_paths != paths:
+            raise ValueError(
+                f"Recipe {description['recipe'].get('method')!r} of the adapter in "
+                f"{str(directory)!r} wrapped other layers on this model. Received: "
+                f"{entry.target_paths}, saved {paths}"
+            )
+
+
+def _assign_saved_tensors(model, tensors):
+    """Checks every key and shape, then assigns: nothing is assigned if anything misfits."""
     variables = _trained_tensors(model)
     missing = sorted(set(variables) - set(tensors))
     unexpected = sorted(set(tensors) - set(variables))
@@ -212,20 +471,23 @@ def load_adapter(model, directory):
             f"from the file: {missing}; tensors with no place in the model: {unexpected}"
         )
     for key, variable in variables.items():
-        value = tensors[key]
-        if tuple(value.shape) != tuple(variable.shape):
+        if tuple(tensors[key].shape) != tuple(variable.shape):
             raise ValueError(
-                f"Shape mismatch for {key!r}. Received: {value.shape} in the file, "
+                f"Shape mismatch for {key!r}. Received: {tensors[key].shape} in the file, "
                 f"the model has {tuple(variable.shape)}"
             )
-        variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
-    return model
+    for key, variable in variables.items():
+        variable.assign(tensors[key].astype(keras.backend.standardize_dtype(variable.dtype)))
 
 
-def merge_adapters(model):
+def merge_adapters(model: keras.Model) -> list[str]:
     """Folds every mergeable adapter into its layer and removes the wrappers.
 
-    Merging is idempotent: a model with no adapters left is returned unchanged.
+    Merging is idempotent: a model with no adapters left is returned
+    unchanged. The model keeps the record of what was merged into it
+    (`kerasft.recipes.base.split_merged_recipes`): `save_adapter` then has
+    nothing left to save, and `load_adapter` refuses to apply an adapter
+    trained on the unmerged base.
 
     Returns:
         The list of merged layer paths.

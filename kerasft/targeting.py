@@ -95,10 +95,13 @@ def find_target_layers(model, targets):
         A dict `{path: layer}` in model order.
 
     Raises:
-        ValueError: if no layer matches, naming the targets and listing the
-            dense layer paths that exist.
+        ValueError: if a selected layer already carries an adapter (naming
+            the recipe that put it there and the paths), or if no layer
+            matches, naming the targets and listing the dense layer paths
+            that exist.
     """
     targets = normalize_targets(targets)
+    check_not_wrapped(model, targets)
     candidates = dense_layers(model)
     selected = {
         path: layer
@@ -111,6 +114,26 @@ def find_target_layers(model, targets):
             f"Dense layer paths in this model: {sorted(candidates)}"
         )
     return selected
+
+
+def check_not_wrapped(model: keras.Model, targets: tuple[str, ...]) -> None:
+    """Raises a ValueError if `targets` select a dense layer that already carries an adapter.
+
+    Checked before the plain match (which skips wrapped layers), so that a
+    second recipe on the same layers is told why, not "No layer matches".
+    """
+    already = {}
+    for wrapper in adapter_wrappers(model):
+        if is_dense_like(wrapper.layer) and any(path_matches(wrapper.target_path, t) for t in targets):
+            label = f"recipe {wrapper.applied_by}" if wrapper.applied_by else "no recorded recipe"
+            already.setdefault(f"{type(wrapper).__name__}, {label}", []).append(wrapper.target_path)
+    if already:
+        found = "; ".join(f"{label} at paths {sorted(paths)}" for label, paths in already.items())
+        raise ValueError(
+            "These layers already carry an adapter; merge it (`kerasft.merge_adapters`) "
+            "or give targets that do not overlap. Received: "
+            f"targets={list(targets)!r} matching layers wrapped by {found}"
+        )
 
 
 def find_parent(model, layer):
@@ -219,17 +242,6 @@ def wrap_layers(model, targets, make_wrapper):
         ValueError: if a selected layer already carries an adapter, or if no
             layer matches.
     """
-    targets = normalize_targets(targets)
-    already = [
-        w.target_path
-        for w in adapter_wrappers(model)
-        if any(path_matches(w.target_path, t) for t in targets)
-    ]
-    if already:
-        raise ValueError(
-            "These layers already carry an adapter; merge or remove it first. "
-            f"Received: targets={list(targets)!r} matching {already}"
-        )
     wrappers = []
     for path, layer in find_target_layers(model, targets).items():
         wrapper = make_wrapper(path, layer)
@@ -241,3 +253,64 @@ def wrap_layers(model, targets, make_wrapper):
         wrappers.append(wrapper)
     refresh_after_surgery(model)
     return wrappers
+
+
+def _held_layers(layer):
+    """`{attribute: layer}` of every attribute of `layer` that holds a layer."""
+    attributes = {**vars(layer), **vars(layer).get("_modules", {})}  # torch: `_modules`
+    return {
+        name: value for name, value in attributes.items()
+        if isinstance(value, keras.layers.Layer) and name != "_tracker"
+    }
+
+
+@contextlib.contextmanager
+def undo_surgery_on_error(model: keras.Model):
+    """Puts `model`'s layers and trainable flags back if the body raises.
+
+    Records, for every layer under `model`, the layers its attributes hold,
+    its tracked stores (sub-layers, variables), the operations of its
+    functional graph and its trainable flag, plus every variable's
+    trainable flag; on an exception, restores them all and re-raises.
+    Variable values are not recorded: the body must assign into existing
+    variables only once nothing can fail any more.
+    """
+    layers = list(model._flatten_layers(include_self=True))
+    attributes = [(layer, _held_layers(layer)) for layer in layers]
+    stores = [
+        (layer, {name: (list(store), set(layer._tracker.stored_ids[name]))
+                 for name, (_, store) in layer._tracker.config.items()})
+        for layer in layers if hasattr(layer, "_tracker")
+    ]
+    graphs = []
+    for layer in layers:
+        if hasattr(layer, "_nodes_by_depth"):
+            nodes = [(node, node.operation) for group in layer._nodes_by_depth.values() for node in group]
+            by_depth = {depth: list(ops) for depth, ops in layer._operations_by_depth.items()}
+            graphs.append((layer, nodes, list(layer._operations), by_depth))
+    layer_flags = [(layer, layer._trainable) for layer in layers]
+    variable_flags = [(variable, variable.trainable) for variable in model.variables]
+    try:
+        yield
+    except BaseException:
+        for layer, held in attributes:
+            with unlocked_tracker(layer):
+                for name, value in held.items():
+                    if getattr(layer, name, None) is not value:
+                        setattr(layer, name, value)
+        for layer, saved in stores:
+            for name, (values, ids) in saved.items():
+                store = layer._tracker.config[name][1]
+                store[:] = values
+                layer._tracker.stored_ids[name] = ids
+        for layer, nodes, operations, by_depth in graphs:
+            for node, operation in nodes:
+                node.operation = operation
+            layer._operations = operations
+            layer._operations_by_depth = by_depth
+        for layer, flag in layer_flags:
+            layer._trainable = flag
+        for variable, flag in variable_flags:
+            variable.trainable = flag
+        refresh_after_surgery(model)
+        raise

@@ -37,3 +37,27 @@ def test_malformed_targets_are_refused(targets):
     model = testing.tiny_causal_lm("gemma")
     with pytest.raises(ValueError, match="targets="):
         find_target_layers(model, targets)
+
+
+def test_a_wrapped_target_is_named_with_the_recipe_that_wrapped_it():
+    from kerasft.recipes import LoRA
+
+    model = testing.tiny_causal_lm("gemma")
+    LoRA(targets=("query",)).apply(model)
+    with pytest.raises(ValueError, match=r"already carry an adapter.*LoRADense, recipe lora at paths "
+                                         r"\['decoder_block_0/attention/query'"):
+        find_target_layers(model, ["attention"])
+    assert set(find_target_layers(model, ["key"])) == {
+        "decoder_block_0/attention/key", "decoder_block_1/attention/key"
+    }
+
+
+def test_a_wrapper_around_a_non_dense_layer_leaves_the_dense_layers_inside_it_targetable():
+    from kerasft.recipes import LoRA, PrefixTuning
+
+    model = testing.tiny_causal_lm("gemma")
+    PrefixTuning(2, reparameterize=False).apply(model)
+    LoRA(rank=2, targets=("all-linear",)).apply(model)
+    from kerasft.recipes.lora import lora_layers
+
+    assert len(lora_layers(model)) == 14

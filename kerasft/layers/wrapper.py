@@ -26,6 +26,20 @@ class AdapterWrapper(keras.layers.Layer):
         self.layer = layer
         self.target_path = target_path or layer.path
         self.merged = False
+        # The method of the recipe that put this wrapper here (`mark_applied`
+        # sets it), for error messages.
+        self.applied_by = None
+
+    def adapter_weights(self) -> dict[str, keras.Variable]:
+        """`{key: variable}` of the weights this wrapper adds to its layer.
+
+        These are what an adapter file must hold for this wrapper, trainable
+        or not (a later recipe may have frozen them; QLoRA's fitted
+        correction is never trained). The wrapped layer's own weights are
+        not included. Keys default to the variables' paths.
+        """
+        wrapped = {id(variable) for variable in self.layer.weights}
+        return {v.path: v for v in self.weights if id(v) not in wrapped}
 
     def merge(self) -> bool:
         raise NotImplementedError(

@@ -5,11 +5,13 @@ import inspect
 import json
 import pathlib
 import re
+import weakref
 
 import keras
 
 from kerasft import losses, optimizers
 from kerasft.recipes import precision
+from kerasft.targeting import adapter_wrappers
 
 _REGISTRY = {}
 
@@ -187,15 +189,118 @@ def freeze_all(model):
         variable.trainable = False
 
 
-def mark_applied(model, recipe):
-    """Records the recipe on the model so `save_adapter` knows what was done."""
-    # object.__setattr__ keeps this plain dict out of Keras's state tracking.
-    object.__setattr__(model, "_kerasft_recipe_config", recipe.get_config())
+class AppliedRecipe:
+    """One recipe applied to a model: its config, the wrappers it put in, what it trained.
+
+    Attributes:
+        config: the recipe's `get_config()` when it was applied.
+        target_paths: the paths of the layers it wrapped, in model order.
+        trained_paths: the paths of the variables trainable right after it
+            was applied (a later recipe may freeze them; they are still its
+            result and are saved with it).
+    """
+
+    def __init__(self, recipe, config, wrappers, trained_paths):
+        self.recipe = recipe
+        self.config = config
+        self.target_paths = [wrapper.target_path for wrapper in wrappers]
+        self.trained_paths = list(trained_paths)
+        # Weak: a merged wrapper is dropped by the model and need not be kept.
+        self._wrappers = [weakref.ref(wrapper) for wrapper in wrappers]
+
+    def wrappers(self) -> list:
+        """The wrappers this recipe put in that still exist (merged ones may not)."""
+        return [w for w in (ref() for ref in self._wrappers) if w is not None]
+
+    def describe(self) -> dict:
+        """`{"recipe": config, "target_paths": [...]}`, as adapter files store it."""
+        return {"recipe": self.config, "target_paths": list(self.target_paths)}
+
+    def __repr__(self):
+        return f"{self.config.get('method')} at paths {self.target_paths}"
+
+
+def mark_applied(
+    model: keras.Model,
+    recipe: "Recipe",
+    applied_on: keras.Model | None = None,
+    replacing: list | None = None,
+) -> None:
+    """Records `recipe` on `model`, on top of the recipes applied before it.
+
+    The record (see `applied_recipes`) is what `save_adapter` writes and
+    `load_adapter` re-applies in order. The new entry claims every adapter
+    wrapper in `model` that no earlier entry claims.
+
+    Args:
+        model: the model `recipe.apply` returns.
+        recipe: the recipe just applied.
+        applied_on: for a recipe that builds a new model around the one it
+            was given (`Classifier`), that given model: its record carries
+            over, less the entries of recipes `recipe` holds (its `base`,
+            which it re-applies itself).
+        replacing: wrappers claimed by an earlier entry that `recipe` now
+            describes instead (folding a prefix provider into the layers);
+            that entry is replaced in place.
+    """
+    source = model if applied_on is None else applied_on
+    entries = list(applied_recipes(source))
+    if applied_on is not None:
+        held = [value for value in vars(recipe).values() if isinstance(value, Recipe)]
+        entries = [entry for entry in entries if not any(entry.recipe is r for r in held)]
+    claimed = {id(wrapper) for entry in entries for wrapper in entry.wrappers()}
+    new = [wrapper for wrapper in adapter_wrappers(model) if id(wrapper) not in claimed]
+    trained = [variable.path for variable in model.trainable_variables]
+    replaced = {id(wrapper) for wrapper in replacing or ()}
+    index = next(
+        (i for i, entry in enumerate(entries)
+         if any(id(wrapper) in replaced for wrapper in entry.wrappers())),
+        None,
+    )
+    if index is None:
+        entries.append(AppliedRecipe(recipe, recipe.get_config(), new, trained))
+    else:
+        wrappers = entries[index].wrappers() + new
+        entries[index] = AppliedRecipe(recipe, recipe.get_config(), wrappers, trained)
+        new = wrappers
+    for wrapper in new:
+        wrapper.applied_by = recipe.method
+    # object.__setattr__ keeps this plain list out of Keras's state tracking.
+    object.__setattr__(model, "_kerasft_recipes", entries)
+
+
+def applied_recipes(model: keras.Model) -> list[AppliedRecipe]:
+    """The `AppliedRecipe` entries of `model`, oldest first (merged ones included)."""
+    return list(getattr(model, "_kerasft_recipes", ()))
+
+
+def restore_applied_recipes(model: keras.Model, entries: list[AppliedRecipe]) -> None:
+    """Sets `model`'s record back to `entries` (from `applied_recipes`), e.g. after a failed load."""
+    object.__setattr__(model, "_kerasft_recipes", list(entries))
+
+
+def split_merged_recipes(model: keras.Model) -> tuple[list[AppliedRecipe], list[AppliedRecipe]]:
+    """`(merged, live)`: the applied recipes now part of the base, and those after them.
+
+    A recipe is merged when some wrapper it put in is gone from the model
+    (`merge_adapters`, `QLoRA.merge`, `QAT.convert` fold wrappers into the
+    base). Everything applied up to the last merged recipe is then part of
+    the base; what follows is live and is what `save_adapter` saves.
+    """
+    entries = applied_recipes(model)
+    present = {id(wrapper) for wrapper in adapter_wrappers(model)}
+    last = -1
+    for index, entry in enumerate(entries):
+        alive = [w for w in entry.wrappers() if id(w) in present]
+        if len(alive) < len(entry.target_paths):
+            last = index
+    return entries[: last + 1], entries[last + 1 :]
 
 
 def applied_recipe_config(model):
     """The config of the last recipe applied to `model`, or None."""
-    return getattr(model, "_kerasft_recipe_config", None)
+    entries = applied_recipes(model)
+    return entries[-1].config if entries else None
 
 
 class Recipe:
@@ -220,6 +325,32 @@ class Recipe:
         `init="residual"`) skip it here: the loaded weights replace it.
         """
         return self.apply(model)
+
+    def with_target_paths(self, target_paths: list[str]) -> "Recipe":
+        """This recipe aimed at exactly `target_paths`, the layers it wrapped when saved.
+
+        `load_adapter` re-applies a saved recipe through this hook so that
+        each adapter lands on the very layers it was trained on, even if its
+        targets were patterns. Recipes that take `targets` get them replaced
+        by the paths; a recipe holding a `base` recipe (`Classifier`) pins
+        that one; others (whose layers follow from their other arguments)
+        are returned unchanged. Override it where that is not right.
+
+        Args:
+            target_paths: layer paths, as `AppliedRecipe.target_paths`.
+
+        Returns:
+            A recipe (`self` when nothing is pinned).
+        """
+        config = self.get_config()
+        if isinstance(config.get("base"), dict):
+            base = recipe_from_config(config["base"]).with_target_paths(target_paths)
+            config["base"] = base.get_config()
+        elif "targets" in config and target_paths:
+            config["targets"] = list(target_paths)
+        else:
+            return self
+        return recipe_from_config(config)
 
     def compile(
         self,

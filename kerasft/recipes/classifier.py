@@ -160,7 +160,7 @@ class Classifier(Recipe):
         # `model.backbone` to fingerprint the base model.
         object.__setattr__(classifier, "backbone", backbone)
         object.__setattr__(classifier, "head", head)
-        mark_applied(classifier, self)
+        mark_applied(classifier, self, applied_on=model)
         return classifier
 
     def compile(self, model, learning_rate=1e-3, **kwargs):

@@ -39,7 +39,7 @@ def fold_prefixes(model, num_virtual_tokens):
             wrapper.prefix_key.trainable = True
             wrapper.prefix_value.trainable = True
         refresh_after_surgery(model)
-    mark_applied(model, PrefixTuning(num_virtual_tokens, reparameterize=False))
+    mark_applied(model, PrefixTuning(num_virtual_tokens, reparameterize=False), replacing=wrappers)
     return model
 
 

@@ -72,3 +72,36 @@ def test_compile_sets_the_documented_training_setup():
     assert model.loss.reduction == "sum_over_batch_size"
     recipe.compile(model)
     assert model.loss.reduction == "mean_with_sample_weight"
+
+
+def test_pinning_target_paths_touches_only_the_recipes_own_arguments():
+    from kerasft.recipes import IA3, Adapters, Classifier
+
+    paths = ["decoder_block_0/attention/value"]
+    ia3 = IA3(targets=["value", "ffw_linear"]).with_target_paths(paths)
+    assert ia3.get_config() == IA3(targets=paths).get_config()
+    lora = LoRA(rank=2, alpha=3.0, rank_pattern={"value": 4}).with_target_paths(paths)
+    assert lora.get_config() == LoRA(rank=2, alpha=3.0, rank_pattern={"value": 4}, targets=paths).get_config()
+    classifier = Classifier(3, base=LoRA(targets="attention")).with_target_paths(paths)
+    assert classifier.base.targets == tuple(paths)
+    adapters = Adapters()
+    assert adapters.with_target_paths(paths) is adapters
+
+
+def test_the_record_keeps_every_applied_recipe_with_its_layers():
+    from kerasft.recipes import IA3
+    from kerasft.recipes.base import applied_recipes, split_merged_recipes
+    from kerasft import merge_adapters
+
+    model = testing.tiny_causal_lm("gemma")
+    LoRA(rank=2, targets=("query",)).apply(model)
+    IA3(targets=("value",)).apply(model)
+    entries = applied_recipes(model)
+    assert [e.config["method"] for e in entries] == ["lora", "ia3"]
+    assert sorted(entries[0].target_paths) == [f"decoder_block_{i}/attention/query" for i in (0, 1)]
+    assert sorted(entries[1].target_paths) == [f"decoder_block_{i}/attention/value" for i in (0, 1)]
+    assert all("lora" in p for p in entries[0].trained_paths)
+    assert all("ia3" in p for p in entries[1].trained_paths)
+    assert split_merged_recipes(model) == ([], entries)
+    merge_adapters(model)
+    assert split_merged_recipes(model) == (entries, [])
