@@ -12,10 +12,12 @@ from kerasft.evaluate import (
     generate_and_score,
     generate_token_ids,
     greedy_generate,
+    model_logits,
     normalize_answer,
     rouge_l,
     token_f1,
 )
+from kerasft.models import architecture
 
 SEQUENCE_LENGTH = 24
 PROMPTS = [
@@ -217,7 +219,7 @@ def test_generate_token_ids_without_a_preprocessor_is_greedy_decoding(kind):
                 "token_ids": tokens[row : row + 1, :position],
                 "padding_mask": np.ones((1, position), bool),
             }
-            logits = keras.ops.convert_to_numpy(model(context))[0, -1]
+            logits = model_logits(model, context)[0, -1]
             assert tokens[row, position] == int(np.argmax(logits)), (row, position)
 
     stop = int(tokens[0, 4])  # the first generated token ends row 0 at once
@@ -293,11 +295,9 @@ def test_an_output_that_ends_at_end_of_turn_is_scored_without_it(kind):
     )
     context = [int(t) for t in np.asarray(tokenizer(CHAT_PROMPT))] + free[:position]
     context = [tokenizer.start_token_id] + context
-    logits = keras.ops.convert_to_numpy(
-        model({"token_ids": np.array([context], "int32"), "padding_mask": np.ones((1, len(context)), bool)})
-    )[0, -1]
+    logits = model_logits(model, np.array([context], "int32"))[0, -1]
     assert int(np.argmax(logits)) == free[position]
-    embeddings = model.backbone.token_embedding.embeddings
+    embeddings = architecture.token_embedding(model).embeddings
     table = np.array(keras.ops.convert_to_numpy(embeddings))
     table[end_of_turn] = (1.01 if logits[free[position]] > 0 else 0.99) * table[free[position]]
     embeddings.assign(table)

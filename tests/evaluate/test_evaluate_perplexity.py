@@ -7,6 +7,7 @@ import pytest
 
 from kerasft import testing
 from kerasft.evaluate import perplexity
+from kerasft.models import architecture
 
 
 def _reference_sums(model, batches):
@@ -79,8 +80,8 @@ def test_final_logit_soft_cap_is_applied_like_the_model(gemma3, batches):
     uncapped = gemma3
     # Same weights: only the cap differs.
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(capped.backbone.token_embedding.embeddings),
-        keras.ops.convert_to_numpy(uncapped.backbone.token_embedding.embeddings),
+        keras.ops.convert_to_numpy(architecture.token_embedding(capped).embeddings),
+        keras.ops.convert_to_numpy(architecture.token_embedding(uncapped).embeddings),
     )
     capped_loss = perplexity(capped, batches, progress=False)["loss"]
     uncapped_loss = perplexity(uncapped, batches, progress=False)["loss"]
