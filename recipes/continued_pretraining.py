@@ -34,7 +34,7 @@ CONFIG_SCHEMA = {
     "seed": None,
     "output_dir": None,
     "model": ["dtype?"],
-    "data": ["sequence_length", "eval_characters"],
+    "data": ["task?", "sequence_length", "eval_characters"],
     "recipe": configs.RECIPE,
     "training": ["batch_size", "epochs", "max_train_rows", "learning_rate", "weight_decay?",
                  "gradient_accumulation_steps?"],

@@ -1,0 +1,25 @@
+"""One entry point for every training run: `python -m kerasft.finetune --config FILE`.
+
+A run reads a config file (YAML or JSON; `recipes/configs/*.yaml` are the
+shipped ones), loads the model and the data of its task, evaluates the model,
+applies the config's recipe, trains it with `model.fit()`, evaluates again,
+saves the adapter and the metrics under `output_dir`, and prints a
+before/after table. Every setting lives in the config; `--set
+section.key=value` overrides one (the value in YAML syntax).
+
+    python -m kerasft.finetune --config recipes/configs/sft_lora.yaml
+    kerasft --config recipes/configs/qlora.yaml --set training.epochs=2
+    kerasft --config recipes/configs/dora.yaml --set model.name=tiny   # seconds
+
+Sections (`?`: optional): `seed`, `output_dir`, `show_examples?`;
+`model`: `name?` (`gemma3-270m`, the default, or `tiny`: a random two-block
+Gemma 3 with the test tokenizer), `dtype?`; `data`: the task's keys (see
+`kerasft.finetune.tasks`); `recipe`: any recipe config; `training`:
+`batch_size`, `epochs`, `learning_rate`, `weight_decay?`,
+`gradient_accumulation_steps?`, `max_train_rows?`; `merge?`: `requantize?`
+(fold the adapters in after saving and report the logit change).
+"""
+
+from kerasft.finetune.runner import SCHEMA, load_config, main, run
+
+__all__ = ["SCHEMA", "load_config", "main", "run"]
