@@ -61,9 +61,40 @@ def path_matches(path, target):
     return False
 
 
-def iter_layers(model):
-    """Every layer under `model` (itself excluded), depth first, each once."""
-    return model._flatten_layers(include_self=False)
+def iter_layers(model, include_self=False):
+    """Every layer under `model` (and `model` itself with `include_self`), each once."""
+    return model._flatten_layers(include_self=include_self)
+
+
+def kernel_variable(layer):
+    """The float kernel variable of a `Dense` / `EinsumDense` layer.
+
+    Keras 3.15's `kernel` property answers with a LoRA-adjusted or
+    quantized value when Keras's own LoRA or quantization is on; the stored
+    variable is `_kernel`.
+    """
+    return layer._kernel
+
+
+def place_under(layer, parent_path):
+    """Makes `layer` create its variables under `parent_path` when it builds next.
+
+    A layer built outside its parent's `call` (a wrapper, a replacement made
+    after the model was built) otherwise gets paths from its name alone;
+    Keras 3.15 opens the build name scope under `_parent_path`.
+    """
+    layer._parent_path = parent_path
+    return layer
+
+
+def build_input_shape(layer):
+    """The input shape a built layer was built with (Keras 3.15's `_build_shapes_dict`), or None."""
+    return getattr(layer, "_build_shapes_dict", {}).get("input_shape")
+
+
+def parent_path(path):
+    """`"a/b/c"` -> `"a/b"`; `""` for a top-level path."""
+    return path.rpartition("/")[0]
 
 
 def adapter_wrappers(model, cls=None):

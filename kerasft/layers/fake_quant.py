@@ -15,6 +15,7 @@ from keras import ops
 
 from kerasft.einsum import layer_equation, parse_equation
 from kerasft.layers.wrapper import AdapterWrapper
+from kerasft.targeting import kernel_variable
 from kerasft.quantization.codebooks import nf4_codebook
 from kerasft.quantization.quantizers import mode_bits, resolve_group_size, validate_scheme
 
@@ -107,7 +108,7 @@ class FakeQuantDense(AdapterWrapper):
         super().__init__(layer, target_path=target_path, **kwargs)
         self.equation = layer_equation(layer)
         self.axes = parse_equation(self.equation)
-        self.kernel_shape = tuple(int(d) for d in layer._kernel.shape)
+        self.kernel_shape = tuple(int(d) for d in kernel_variable(layer).shape)
         self.mode = mode
         self.asymmetric = bool(asymmetric)
         self.group_size = resolve_group_size(
@@ -116,7 +117,7 @@ class FakeQuantDense(AdapterWrapper):
         # The wrapper base froze the layer; QAT trains its kernel.
         layer.trainable = True
         for variable in layer.weights:
-            variable.trainable = variable is layer._kernel
+            variable.trainable = variable is kernel_variable(layer)
         self.built = True  # no weights of its own
 
     def build(self, input_shape=None):
@@ -124,7 +125,7 @@ class FakeQuantDense(AdapterWrapper):
 
     def fake_quantized_kernel(self) -> Any:
         """The kernel as the quantized layer will hold it, with a straight-through gradient."""
-        kernel = ops.cast(self.layer._kernel, "float32")
+        kernel = ops.cast(kernel_variable(self.layer), "float32")
         axes, shape = self.axes, self.kernel_shape
         matrix = ops.reshape(
             ops.transpose(kernel, axes.kernel_to_matrix_perm),

@@ -9,6 +9,7 @@ from keras import ops
 
 from kerasft.einsum import kernel_axes
 from kerasft.layers.wrapper import AdapterWrapper
+from kerasft.targeting import kernel_variable
 
 
 def adapter_dtype_policy(compute_dtype: str) -> keras.DTypePolicy:
@@ -70,7 +71,7 @@ def float_kernel(layer: keras.Layer) -> Any:
     """The wrapped layer's kernel as a float32 tensor (dequantized if needed)."""
     if hasattr(layer, "dequantized_kernel"):
         return ops.cast(layer.dequantized_kernel(), "float32")
-    return ops.cast(layer._kernel, "float32")
+    return ops.cast(kernel_variable(layer), "float32")
 
 
 def assign_float_kernel(layer: keras.Layer, kernel: Any) -> None:
@@ -78,7 +79,8 @@ def assign_float_kernel(layer: keras.Layer, kernel: Any) -> None:
     if hasattr(layer, "requantize"):
         layer.requantize(kernel)
         return
-    layer._kernel.assign(ops.cast(kernel, layer._kernel.dtype))
+    variable = kernel_variable(layer)
+    variable.assign(ops.cast(kernel, variable.dtype))
 
 
 class LowRankAdapter(AdapterWrapper):

@@ -240,13 +240,13 @@ def wrap_attention_layers(
     model: keras.Model, num_virtual_tokens: int, provider: PrefixProvider | None = None
 ) -> list[PrefixAttention]:
     """Wraps every decoder block's attention in a `PrefixAttention`, in place."""
-    from kerasft.targeting import refresh_after_surgery, replace_layer
+    from kerasft.targeting import parent_path, place_under, refresh_after_surgery, replace_layer
 
     wrappers = []
     for index, (path, layer) in enumerate(attention_layers(model)):
         wrapper = PrefixAttention(layer, num_virtual_tokens, layer_index=index,
                                   provider=provider, target_path=path)
-        wrapper._parent_path = path.rpartition("/")[0]
+        place_under(wrapper, parent_path(path))
         wrapper.build()
         replace_layer(model, layer, wrapper)
         wrappers.append(wrapper)

@@ -13,8 +13,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasft.einsum import layer_equation, parse_equation
+from kerasft.einsum import parse_equation
 from kerasft.quantization.codebooks import nf4_codebook
+from kerasft.quantization.float_layers import float_layer, float_layer_spec
 from kerasft.quantization.packing import pack_int4, packed_length, unpack_int4_ops
 from kerasft.quantization.quantizers import (
     DOUBLE_QUANT_BLOCK_SIZE,
@@ -24,6 +25,7 @@ from kerasft.quantization.quantizers import (
     resolve_group_size,
     validate_scheme,
 )
+from kerasft.targeting import build_input_shape, parent_path, place_under
 
 _DTYPE_BYTES = {
     "float64": 8,
@@ -41,45 +43,6 @@ def _dtype_bytes(dtype):
     if name not in _DTYPE_BYTES:
         raise ValueError(f"Unsupported dtype for byte counting. Received: dtype={dtype!r}")
     return _DTYPE_BYTES[name]
-
-
-def float_layer_spec(layer: keras.Layer) -> dict[str, Any]:
-    """The equation, kernel, bias and activation of a float dense-like layer.
-
-    Args:
-        layer: a built `keras.layers.EinsumDense` or `keras.layers.Dense`.
-
-    Returns:
-        A dict with `equation`, `kernel` (numpy), `bias` (numpy or None) and
-        `activation`.
-
-    Raises:
-        ValueError: for another layer type, an unbuilt layer, or a layer that
-            Keras has already quantized.
-    """
-    if not isinstance(layer, (keras.layers.EinsumDense, keras.layers.Dense)):
-        raise ValueError(
-            "Only `keras.layers.EinsumDense` and `keras.layers.Dense` layers can be "
-            f"quantized. Received: layer={getattr(layer, 'name', layer)!r} of type "
-            f"{type(layer).__name__}"
-        )
-    if not layer.built:
-        raise ValueError(
-            f"The layer must be built before it is quantized. Received: layer={layer.name!r}"
-        )
-    if getattr(layer, "quantization_mode", None) is not None:
-        raise ValueError(
-            "The layer is already quantized by Keras. Received: "
-            f"layer={layer.name!r} with quantization_mode={layer.quantization_mode!r}"
-        )
-    equation = layer_equation(layer)
-    bias = getattr(layer, "bias", None)
-    return {
-        "equation": equation,
-        "kernel": ops.convert_to_numpy(ops.cast(layer.kernel, "float32")),
-        "bias": None if bias is None else ops.convert_to_numpy(bias),
-        "activation": layer.activation,
-    }
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -245,11 +208,9 @@ class QuantizedEinsumDense(keras.layers.Layer):
             dtype=layer.dtype_policy,
             name=layer.name,
         )
-        if layer.path and "/" in layer.path:
-            # Same variable paths as the float layer: `build` opens its name
-            # scope under `_parent_path`.
-            quantized._parent_path = layer.path.rsplit("/", 1)[0]
-        input_shape = getattr(layer, "_build_shapes_dict", {}).get("input_shape")
+        if layer.path and "/" in layer.path:  # the float layer's variable paths
+            place_under(quantized, parent_path(layer.path))
+        input_shape = build_input_shape(layer)
         quantized.build(input_shape)
         quantized.requantize(spec["kernel"])
         if spec["bias"] is not None:
@@ -383,6 +344,19 @@ class QuantizedEinsumDense(keras.layers.Layer):
             values = values - 8.0
         kernel = values * self._scale_matrix()[:, None, :]
         return ops.cast(ops.reshape(kernel, (k, n)), dtype)
+
+    def to_float(self, kernel: Any = None) -> keras.Layer:
+        """A float `EinsumDense` / `Dense` computing what this layer computes.
+
+        Args:
+            kernel: the float kernel to hold (e.g. this layer's dequantized
+                kernel plus an adapter's update); default the dequantized one.
+
+        Returns:
+            A built layer with this layer's equation, bias, activation, name,
+            dtype policy and variable paths.
+        """
+        return float_layer(self, self.dequantized_kernel("float32") if kernel is None else kernel)
 
     def dequantized_kernel(self, dtype: str = "float32") -> Any:
         """The float kernel, in the original `kernel_shape` and axis order.

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasft.targeting import parent_path, place_under
+
 
 @keras.saving.register_keras_serializable(package="kerasft")
 class QuantizedEmbedding(keras.layers.Layer):
@@ -68,7 +70,7 @@ class QuantizedEmbedding(keras.layers.Layer):
             dtype=layer.dtype_policy, name=layer.name,
         )
         if layer.path and "/" in layer.path:
-            quantized._parent_path = layer.path.rsplit("/", 1)[0]
+            place_under(quantized, parent_path(layer.path))
         quantized.build()
         quantized.requantize(layer.embeddings)
         return quantized

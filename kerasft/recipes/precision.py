@@ -11,10 +11,12 @@ which underflow to zero. `loss_scale_optimizer` looks at every layer instead.
 
 import keras
 
+from kerasft.targeting import iter_layers
+
 
 def compute_dtypes(model):
     """The set of compute dtypes of `model` and every layer under it."""
-    layers = model._flatten_layers(include_self=True)
+    layers = iter_layers(model, include_self=True)
     return {keras.backend.standardize_dtype(layer.compute_dtype) for layer in layers}
 
 

@@ -4,6 +4,7 @@ from kerasft.layers.prefix import attention_layers, prefix_wrappers, wrap_attent
 from kerasft.layers.soft_prompt import PrefixEncoder
 from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
+from kerasft.targeting import place_under
 
 
 def validate_num_virtual_tokens(num_virtual_tokens, minimum=1):
@@ -17,7 +18,7 @@ def validate_num_virtual_tokens(num_virtual_tokens, minimum=1):
 
 def build_provider(provider):
     """Builds a shared provider at the top of the variable namespace."""
-    provider._parent_path = ""
+    place_under(provider, "")
     provider.build()
     return provider
 

@@ -1,5 +1,7 @@
 """QAT: quantization-aware training of dense kernels, then conversion to integer layers."""
 
+import keras
+
 from kerasft.layers.fake_quant import FakeQuantDense
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_scheme
@@ -7,6 +9,7 @@ from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_reci
 from kerasft.targeting import (
     adapter_wrappers,
     find_target_layers,
+    kernel_variable,
     normalize_targets,
     refresh_after_surgery,
     replace_layer,
@@ -67,12 +70,16 @@ class QAT(Recipe):
         from kerasft.einsum import layer_equation, parse_equation
         from kerasft.quantization.quantizers import resolve_group_size
 
-        if not hasattr(layer, "_kernel") or getattr(layer, "quantization_mode", None):
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) or getattr(
+            layer, "quantization_mode", None
+        ):
             raise ValueError(
                 "QAT trains float `Dense`/`EinsumDense` kernels. Received: layer "
                 f"{path!r} of type {type(layer).__name__}"
             )
-        size = parse_equation(layer_equation(layer)).contracted_size(tuple(layer._kernel.shape))
+        size = parse_equation(layer_equation(layer)).contracted_size(
+            tuple(kernel_variable(layer).shape)
+        )
         try:
             resolve_group_size(self.mode, self.group_size, size)
         except ValueError as error:

@@ -3,13 +3,13 @@
 import functools
 import warnings
 
-import keras
 import numpy as np
 from keras import ops
 
-from kerasft.layers.lora import LoRADense, validate_flag
-from kerasft.quantization.calibration import calibration_batches, collect_hessians
 from kerasft.evaluate.logits import model_logits
+from kerasft.layers.lora import validate_flag
+from kerasft.layers.qlora import REQUANTIZE_WARNING, QLoRADense, validate_residual_rank
+from kerasft.quantization.calibration import calibration_batches, collect_hessians
 from kerasft.quantization.quantize_model import quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_mode
@@ -17,117 +17,6 @@ from kerasft.quantization.residual_init import low_rank_residual, weighted_error
 from kerasft.recipes.base import register_recipe
 from kerasft.recipes.lora import LoRA, lora_layers
 from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer
-
-REQUANTIZE_WARNING = (
-    "Merging a LoRA adapter into a quantized layer requantizes it "
-    "(dequantize, add the update, round again): the merged model is not equal to "
-    "the adapter model. Measure the logit difference, or use "
-    "`kerasft.recipes.QLoRA.merge(model)` for an exact float merge."
-)
-
-
-def validate_residual_rank(residual_rank):
-    """Raises a ValueError naming `residual_rank` unless it is a (NumPy) int >= 0."""
-    if (
-        isinstance(residual_rank, (bool, np.bool_))
-        or not isinstance(residual_rank, (int, np.integer))
-        or residual_rank < 0
-    ):
-        raise ValueError(
-            "`residual_rank` must be a non-negative integer. Received: "
-            f"residual_rank={residual_rank!r}"
-        )
-
-
-@keras.saving.register_keras_serializable(package="kerasft")
-class QLoRADense(LoRADense):
-    """A `LoRADense` over a quantized layer; merging it warns that it requantizes.
-
-    Args:
-        layer, rank, alpha, dropout, use_rslora, target_path: as `LoRADense`.
-        residual_rank: over a quantized layer, the rank of a frozen low-rank
-            correction `x @ residual_a @ residual_b` added to the base, which
-            `QLoRA.apply` fits to the quantization error. 0 for none; always
-            0 over a float layer.
-        **kwargs: base `Layer` arguments.
-    """
-
-    def __init__(self, layer, residual_rank=0, **kwargs):
-        super().__init__(layer, **kwargs)
-        validate_residual_rank(residual_rank)
-        self.residual_rank = residual_rank if hasattr(layer, "requantize") else 0
-
-    def build(self, input_shape=None):
-        super().build(input_shape)
-        if self.residual_rank:
-            axes = self.axes
-            self.residual_a = self.add_weight(
-                name="residual_a",
-                shape=axes.shape_of(axes.fan_in_letters) + (self.residual_rank,),
-                initializer="zeros", trainable=False,
-            )
-            self.residual_b = self.add_weight(
-                name="residual_b",
-                shape=(self.residual_rank,) + axes.shape_of(axes.fan_out_letters),
-                initializer="zeros", trainable=False,
-            )
-
-    def call(self, inputs, training=None):
-        outputs = super().call(inputs, training=training)
-        if not self.residual_rank:
-            return outputs
-        hidden = ops.einsum(self.axes.down_equation, inputs, self.residual_a)
-        correction = ops.einsum(self.axes.up_equation, hidden, self.residual_b)
-        return outputs + ops.cast(correction, outputs.dtype)
-
-    def residual_kernel(self):
-        """The frozen correction `residual_a @ residual_b` in the kernel's shape, or None."""
-        if not self.residual_rank:
-            return None
-        a = ops.cast(self.residual_a, "float32")
-        b = ops.cast(self.residual_b, "float32")
-        return ops.einsum(self.axes.delta_equation, a, b)
-
-    def merge(self):
-        if not self.merged and hasattr(self.layer, "requantize"):
-            warnings.warn(f"{self.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
-        return super().merge()
-
-    def get_config(self):
-        config = super().get_config()
-        config["residual_rank"] = self.residual_rank
-        return config
-
-
-def float_layer_from_quantized(layer, kernel):
-    """A float `EinsumDense`/`Dense` with `layer`'s equation, name and paths, holding `kernel`."""
-    axes = layer.axes
-    sizes = axes.sizes(layer.kernel_shape)
-    if axes.input_ellipsis:  # `...i,io->...o`: a Dense layer
-        float_layer = keras.layers.Dense(
-            layer.output_size, activation=layer.activation, use_bias=layer.bias is not None,
-            dtype=layer.dtype_policy, name=layer.name,
-        )
-        input_shape = (None, layer.contracted_size)
-    else:
-        output_shape = [sizes.get(c) for c in axes.output_letters[1:]]
-        bias_axes = None
-        if layer.bias_shape is not None:
-            kernel_outputs = [c for c in axes.output_letters if c in sizes]
-            bias_axes = "".join(kernel_outputs[-len(layer.bias_shape):])
-        float_layer = keras.layers.EinsumDense(
-            layer.equation, output_shape=output_shape, activation=layer.activation,
-            bias_axes=bias_axes, dtype=layer.dtype_policy, name=layer.name,
-        )
-        input_shape = tuple(sizes.get(c) for c in axes.input_letters)
-    if layer.path and "/" in layer.path:
-        float_layer._parent_path = layer.path.rsplit("/", 1)[0]
-    float_layer.build(input_shape)
-    float_layer._kernel.assign(ops.cast(kernel, float_layer._kernel.dtype))
-    if layer.bias is not None:
-        float_layer.bias.assign(layer.bias)
-    return float_layer
-
 
 INITS = ("zeros", "residual")
 
@@ -300,7 +189,7 @@ class QLoRA(LoRA):
                     layer.requantize(kernel)
                     replacement = layer
                 else:
-                    replacement = float_layer_from_quantized(layer, kernel)
+                    replacement = layer.to_float(kernel)
             else:
                 wrapper.merge()
                 replacement = layer
