@@ -8,7 +8,7 @@
 """
 
 from kerasft.models.gemma3_gguf import default_dtype
-from kerasft.models.gemma3_gguf import gemma3_backbone_config_from_gguf
+from kerasft.models.gemma3_gguf_format import gemma3_backbone_config_from_gguf
 from kerasft.models.gemma3_gguf import gemma3_from_gguf
 from kerasft.models.gemma3_gguf_export import write_gemma3_gguf
 from kerasft.models.gguf_reader import read_gguf

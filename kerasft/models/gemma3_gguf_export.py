@@ -9,8 +9,10 @@ import os
 
 import numpy as np
 
-from kerasft.models.gemma3_gguf import GEMMA3_ARCHITECTURE
-from kerasft.models.gemma3_gguf import gemma3_gguf_tensor_specs
+from kerasft.models.gemma3_gguf_format import GEMMA3_ARCHITECTURE
+from kerasft.models.gemma3_gguf_format import GLOBAL_ROPE_BASE
+from kerasft.models.gemma3_gguf_format import LAYERS_WITH_HIDDEN_QUERY_SCALE
+from kerasft.models.gemma3_gguf_format import gemma3_gguf_tensor_specs
 
 # Types `gguf.quants.quantize` implements in numpy (K-quants are read-only).
 EXPORT_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")
@@ -30,7 +32,7 @@ def _check_exportable(backbone):
         reasons.append(f"local_rope_scaling_factor={backbone.local_rope_scaling_factor}")
     # llama.cpp picks the query scale from the model size: 1/sqrt(hidden/heads)
     # for the 62-layer 27B, 1/sqrt(head_dim) otherwise.
-    uses_head_dim = backbone.num_layers != 62
+    uses_head_dim = backbone.num_layers != LAYERS_WITH_HIDDEN_QUERY_SCALE
     same_scale = backbone.hidden_dim // backbone.num_query_heads == backbone.head_dim
     if backbone.query_head_dim_normalize != uses_head_dim and not same_scale:
         reasons.append(f"query_head_dim_normalize={backbone.query_head_dim_normalize}")
@@ -150,7 +152,7 @@ def write_gemma3_gguf(
     writer.add_key_length(backbone.head_dim)
     writer.add_value_length(backbone.head_dim)
     writer.add_layer_norm_rms_eps(backbone.layer_norm_epsilon)
-    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_rope_freq_base(GLOBAL_ROPE_BASE)
     if backbone.global_rope_scaling_factor != 1.0:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(backbone.global_rope_scaling_factor)

@@ -1,11 +1,8 @@
 """GGUF round trips of a tiny Gemma 3 through `write_gemma3_gguf` / `gemma3_from_gguf`.
 
-The tiny model has the real Gemma 3 layout (query/key norms, post norms, a
-global layer after five sliding-window layers) and a real SentencePiece BPE
-tokenizer trained here in memory, so the files have exactly llama.cpp's layout.
+The tiny model and its tokenizer are the fixtures of `tests/models/conftest.py`.
 """
 
-import io
 import sys
 
 import gguf
@@ -13,24 +10,14 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-import sentencepiece
 from sentencepiece import sentencepiece_model_pb2
 
+from kerasft.evaluate import model_logits
 from kerasft.models import default_dtype
 from kerasft.models import gemma3_from_gguf
 from kerasft.models import write_gemma3_gguf
 from kerasft.models import gemma3_gguf_export
-from kerasft.models.gguf_reader import read_gguf
 
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Water boils at a temperature of 100 degrees Celsius.",
-    "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n",
-    "<start_of_turn>model\nThe capital of France is Paris.<end_of_turn>\n",
-    "Four score and seven years ago our fathers brought forth on this continent",
-    "a new nation, conceived in Liberty, and dedicated to the proposition",
-    "that all men are created equal.  Numbers: 0 1 2 3 4 5 6 7 8 9.",
-]
 _TEST_STRINGS = [
     "The quick brown fox.",
     "Water  boils\tat 212 degrees Fahrenheit!\n\nDone",
@@ -40,89 +27,11 @@ _TEST_STRINGS = [
 ]
 
 
-def _train_tokenizer_proto():
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 4),
-        model_writer=model,
-        model_type="BPE",
-        vocab_size=320,
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )  # fmt: skip
-    return model.getvalue()
-
-
-def _tiny_gemma3_causal_lm(proto):
-    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
-        image_size=None,
-        num_layers=6,  # layers 0-4 use the sliding window, layer 5 is global
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-        head_dim=16,
-        use_query_key_norm=True,
-        use_post_ffw_norm=True,
-        use_post_attention_norm=True,
-        use_sliding_window_attention=True,
-        sliding_window_size=4,
-        vision_encoder=None,
-    )
-    # Norm scales start at zero; random ones make the `1 + w` convention matter.
-    rng = np.random.default_rng(0)
-    for variable in backbone.weights:
-        if variable.path.endswith("/scale"):
-            variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
-    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=16
-    )
-    return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_proto():
-    return _train_tokenizer_proto()
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tokenizer_proto):
-    return _tiny_gemma3_causal_lm(tokenizer_proto)
-
-
-@pytest.fixture(scope="module")
-def token_batch(causal_lm):
-    tokenizer = causal_lm.preprocessor.tokenizer
-    length = 14  # longer than the sliding window of 4
-    token_ids = np.zeros((2, length), dtype="int32")
-    for row, text in enumerate(["The quick brown fox jumps over the lazy dog.", "Water boils."]):
-        ids = [2] + keras.ops.convert_to_numpy(tokenizer(text)).tolist()
-        token_ids[row, : len(ids[:length])] = ids[:length]
-    padding_mask = token_ids != 0
-    assert padding_mask[0].all() and not padding_mask[1].all()
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-
 @pytest.fixture(scope="module")
 def f32_roundtrip(causal_lm, tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf"
     write_gemma3_gguf(causal_lm, path)
     return gemma3_from_gguf(path)
-
-
-def _logits(model, batch):
-    return keras.ops.convert_to_numpy(model(batch))
 
 
 def test_written_file_has_llama_cpp_layout(causal_lm, tmp_path):
@@ -163,34 +72,6 @@ def test_written_file_has_llama_cpp_layout(causal_lm, tmp_path):
     assert fields["tokenizer.ggml.add_space_prefix"].contents() is False
 
 
-def test_read_gguf_matches_gguf_reader(causal_lm, tmp_path):
-    path = write_gemma3_gguf(
-        causal_lm, tmp_path / "tiny.gguf", default_tensor_type="F16",
-        tensor_types={"blk.0.ffn_down.weight": "Q8_0", "blk.1.attn_q.weight": "BF16",
-                      "blk.2.attn_norm.weight": "F32"},
-    )  # fmt: skip
-    ours, reference = read_gguf(path), gguf.GGUFReader(path)
-    fields = {k: f.contents() for k, f in reference.fields.items() if not k.startswith("GGUF.")}
-    assert ours.metadata == fields
-    assert list(ours.tensors) == [tensor.name for tensor in reference.tensors]
-    assert ours.tensors["blk.0.attn_q.weight"].tensor_type.name == "F16"
-    assert ours.tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"  # norms stay F32
-    for tensor in reference.tensors:
-        mine = ours.tensors[tensor.name]
-        assert mine.tensor_type == tensor.tensor_type
-        assert mine.shape == tuple(int(n) for n in reversed(tensor.shape))
-        np.testing.assert_array_equal(
-            gguf.quants.dequantize(mine.data, mine.tensor_type),
-            gguf.quants.dequantize(tensor.data, tensor.tensor_type),
-        )
-
-
-def test_read_gguf_rejects_other_files(tmp_path):
-    path = tmp_path / "not.gguf"
-    path.write_bytes(b"GGML" + bytes(20))
-    with pytest.raises(ValueError, match=r"magic=b'GGML'"):
-        read_gguf(path)
-
 
 def test_f32_roundtrip_keeps_config_weights_and_logits(causal_lm, f32_roundtrip, token_batch):
     original, loaded = causal_lm.backbone, f32_roundtrip.backbone
@@ -204,7 +85,7 @@ def test_f32_roundtrip_keeps_config_weights_and_logits(causal_lm, f32_roundtrip,
         assert before.path == after.path
         np.testing.assert_allclose(after.numpy(), before.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(
-        _logits(f32_roundtrip, token_batch), _logits(causal_lm, token_batch),
+        model_logits(f32_roundtrip, token_batch), model_logits(causal_lm, token_batch),
         rtol=0, atol=1e-5,
     )  # fmt: skip
 
@@ -258,7 +139,7 @@ def test_quantized_tensors_are_dequantized(causal_lm, token_batch, tmp_path):
         loaded.backbone.get_layer("decoder_block_2").attention.value_dense.kernel.numpy(),
         value.numpy(), rtol=2**-8, atol=0,
     )  # fmt: skip
-    logits, expected = _logits(loaded, token_batch), _logits(causal_lm, token_batch)
+    logits, expected = model_logits(loaded, token_batch), model_logits(causal_lm, token_batch)
     assert np.abs(logits - expected).max() < 0.05
     assert not np.allclose(logits, expected, rtol=0, atol=1e-6)
 
