@@ -8,13 +8,12 @@ file replaced atomically, so a run killed at any moment leaves the previous
 checkpoint intact.
 
 The file's metadata also records the run it belongs to: a SHA-256 fingerprint
-of the recipe, optimizer and data configs, so a new run started in the same
-folder is not silently resumed from someone else's state.
+of the recipe, optimizer and data configs (`kerasft.run_fingerprint`), so a new
+run started in the same folder is not silently resumed from someone else's
+state.
 """
 
-import hashlib
 import json
-import math
 import os
 import pathlib
 import warnings
@@ -23,6 +22,12 @@ import keras
 import numpy as np
 
 from kerasft.adapters import load_tensors, save_tensors
+from kerasft.run_fingerprint import (
+    canonical_json,
+    config_differences,
+    training_config,
+    training_fingerprint,
+)
 
 CHECKPOINT_FILE = "training_checkpoint.safetensors"
 ON_MISMATCH = ("error", "restart", "resume")
@@ -58,70 +63,6 @@ def _micro_batches(optimizer):
     return int(keras.ops.convert_to_numpy(_innermost_optimizer(optimizer)._iterations))
 
 
-def _json_safe(value):
-    """A copy of `value` that `json.dumps` writes the same way every time."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    # No repr(): it may hold a memory address, which would change every run.
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
-
-
-def _without_instance_details(config):
-    # Keras names optimizers `adam_w`, `adam_w_1`, ... per instance in a
-    # process, and a class's `module` is backend-specific
-    # (`keras.src.backend.torch.optimizers.torch_adamw`): neither says what
-    # the run trains with.
-    if isinstance(config, dict):
-        is_optimizer = "learning_rate" in config or "inner_optimizer" in config
-        return {
-            k: _without_instance_details(v)
-            for k, v in config.items()
-            if not (k == "name" and is_optimizer) and not (k == "module" and "class_name" in config)
-        }
-    if isinstance(config, list):
-        return [_without_instance_details(v) for v in config]
-    return config
-
-
-def _canonical_json(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def training_config(model, data_config=None):
-    """`{"recipe", "optimizer", "data"}`: what identifies a training run.
-
-    Args:
-        model: a compiled model (a kerasft recipe applied, or not).
-        data_config: any JSON-able description of the training data, or None.
-
-    Returns:
-        A JSON-safe dict: the applied recipe's config
-        (`kerasft.recipes.base.applied_recipe_config`), the optimizer's
-        `get_config()` with its learning-rate schedule (instance names left
-        out), and `data_config`.
-    """
-    from kerasft.recipes.base import applied_recipe_config
-
-    return {
-        "recipe": _json_safe(applied_recipe_config(model)),
-        "optimizer": _without_instance_details(_json_safe(model.optimizer.get_config())),
-        "data": _json_safe(data_config),
-    }
-
-
-def training_fingerprint(config):
-    """SHA-256 (hex) of the canonical JSON of a `training_config`."""
-    return hashlib.sha256(_canonical_json(config).encode()).hexdigest()
-
-
 def save_training_checkpoint(model, directory, epoch=0, batches=None, config=None):
     """Writes the training state of a compiled `model` to `directory`.
 
@@ -145,14 +86,14 @@ def save_training_checkpoint(model, directory, epoch=0, batches=None, config=Non
     if config is None:
         config = training_config(model)
     optimizer_steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    config_json = _canonical_json(config)
+    config_json = canonical_json(config)
     metadata = {
         "format": "kerasft-training",
         "batches": str(batches),
         "optimizer_steps": str(optimizer_steps),
         "epoch": str(epoch),
         "config": config_json,
-        "fingerprint": hashlib.sha256(config_json.encode()).hexdigest(),
+        "fingerprint": training_fingerprint(config),
     }
     save_tensors(variables, directory / CHECKPOINT_FILE, metadata=metadata)
     return batches
@@ -188,43 +129,6 @@ def read_checkpoint_metadata(directory):
         "epoch": int(metadata.get("epoch", 0)),
         "step": batches,
     }
-
-
-def _flatten(value, prefix=""):
-    if isinstance(value, dict) and value:
-        flat = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
-def _short(value):
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def config_differences(saved, current):
-    """`["recipe differs in alpha (checkpoint 8.0, this run 32.0)", ...]`, one per part."""
-    lines = []
-    for part in ("recipe", "optimizer", "data"):
-        old, new = saved.get(part), current.get(part)
-        if not (isinstance(old, dict) and isinstance(new, dict)):
-            if old != new:
-                lines.append(f"{part} differs (checkpoint {_short(old)}, this run {_short(new)})")
-            continue
-        old, new = _flatten(old), _flatten(new)
-        keys = sorted(k for k in set(old) | set(new) if old.get(k, KeyError) != new.get(k, KeyError))
-        if not keys:
-            continue
-        details = ", ".join(
-            f"{k} (checkpoint {_short(old[k]) if k in old else 'missing'}, "
-            f"this run {_short(new[k]) if k in new else 'missing'})"
-            for k in keys[:8]
-        )
-        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
-        lines.append(f"{part} differs in {details}{more}")
-    return lines
 
 
 def _schedule_end(optimizer):

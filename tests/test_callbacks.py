@@ -244,19 +244,3 @@ def test_a_checkpoint_of_another_rank_names_the_tensor_and_shapes(tmp_path):
         np.testing.assert_array_equal(value, start)
     with pytest.raises(ValueError, match=pattern):
         restore_training_checkpoint(other, tmp_path)
-
-
-def test_the_run_config_leaves_out_instance_names_and_backend_modules():
-    from kerasft.callbacks import training_config
-
-    configs = []
-    for _ in range(2):
-        model = testing.tiny_causal_lm("gemma3")
-        recipe = LoRA(rank=4)
-        recipe.apply(model)
-        recipe.compile(model, total_steps=10, gradient_accumulation_steps=2, loss_scale=True)
-        configs.append(training_config(model, {"rows": 8}))
-    assert configs[0] == configs[1]
-    text = json.dumps(configs[0])
-    assert "keras.src.backend" not in text and "loss_scale_optimizer" not in text
-    assert configs[0]["optimizer"]["inner_optimizer"]["config"]["gradient_accumulation_steps"] == 2
