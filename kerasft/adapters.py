@@ -18,15 +18,12 @@ writes every recipe's weights and config; loading re-applies each in order,
 aimed at its own layers, so each adapter keeps its own settings.
 """
 
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
-import tempfile
 
 import keras
-import numpy as np
 
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
@@ -43,6 +40,7 @@ from kerasft.targeting import (
     replace_layer,
     undo_surgery_on_error,
 )
+from kerasft.tensor_files import atomic_write, load_tensors, save_tensors  # noqa: F401 (re-exported)
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -107,100 +105,6 @@ def _trained_tensors(model, entries=None):
             continue
         if id(variable) in trainable or variable.path in trained:
             tensors[variable.path] = variable
-    return tensors
-
-
-def _to_numpy(variable):
-    # Not np.ascontiguousarray: it turns 0-d scalars (step counters) into (1,).
-    return np.array(keras.ops.convert_to_numpy(variable), order="C", copy=True)
-
-
-def _process_umask():
-    # os.umask is the only portable way to read it: set, then put back.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def tensor_sha256(array: np.ndarray) -> str:
-    """The SHA-256 (hex) of one array's dtype, shape and C-order bytes."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str}{tuple(array.shape)}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _atomic_write(path, write):
-    """Calls `write(tmp_path)` then renames over `path`: no torn files.
-
-    The file gets the permissions of a plainly created one (`0o666` less the
-    process umask; `mkstemp` alone would leave it `0o600`). Temp files of
-    the same target left by a killed write (`.{name}.*.tmp` beside it) are
-    removed first.
-
-    """
-    path = pathlib.Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_process_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> dict[str, str]:
-    """Writes `{key: array}` to a safetensors file atomically.
-
-    Returns:
-        `{key: tensor_sha256}` of what was written.
-    """
-    from safetensors.numpy import save_file
-
-    arrays = {key: _to_numpy(value) for key, value in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
-    return {key: tensor_sha256(array) for key, array in arrays.items()}
-
-
-def load_tensors(path: str | os.PathLike, sha256: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Reads a safetensors file into `{key: numpy array}`.
-
-    Args:
-        path: the file.
-        sha256: optional `{key: tensor_sha256}` recorded when it was written
-            (`save_tensors` returns it); each tensor it names is checked.
-            Missing or extra keys are left to the caller.
-
-    Raises:
-        FileNotFoundError: if there is no file, naming it.
-        ValueError: if the file cannot be parsed or a tensor's bytes do not
-            match `sha256`, naming the file.
-    """
-    from safetensors.numpy import load_file
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No safetensors file. Received: path={str(path)!r}")
-    try:
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises its own SafetensorError
-        raise ValueError(
-            f"Cannot read the safetensors file {path}. Received: {type(error).__name__}: {error}"
-        ) from error
-    corrupt = sorted(
-        key for key, array in tensors.items()
-        if key in (sha256 or {}) and tensor_sha256(array) != sha256[key]
-    )
-    if corrupt:
-        raise ValueError(
-            f"The SHA-256 of some tensors in {path} does not match the one recorded when "
-            f"it was written: the file is corrupt or was replaced. Received: tensors {corrupt}"
-        )
     return tensors
 
 
@@ -273,7 +177,7 @@ def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Pa
         tensors, directory / WEIGHTS_FILE, metadata={"format": "kerasft"}
     )
     text = json.dumps(config, indent=2, sort_keys=True)
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
     return directory
 
 
