@@ -44,3 +44,47 @@ def decoder_blocks(model: Any) -> list:
 def token_embedding(model: Any) -> Any:
     """The token embedding layer (also the tied output projection), or None."""
     return getattr(backbone(model), "token_embedding", None)
+
+
+def embed_tokens(model: Any, token_ids: Any) -> Any:
+    """The input of the first decoder block for text `token_ids`.
+
+    Mirrors the text path of keras-hub 0.32's `GemmaBackbone` and
+    `Gemma3Backbone` functional call: the token embedding, scaled by
+    `sqrt(hidden_dim)` in the embedding's compute dtype (no image tokens).
+
+    Args:
+        model: a keras-hub causal LM or backbone.
+        token_ids: int `(batch, sequence)` token ids.
+
+    Returns:
+        A `(batch, sequence, hidden_dim)` tensor.
+    """
+    from keras import ops
+
+    hidden_dim = backbone(model).hidden_dim
+    x = token_embedding(model)(token_ids)
+    return x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+
+
+def call_decoder_block(block: Any, x: Any, padding_mask: Any) -> Any:
+    """One decoder block on hidden states `x`, as the backbone calls it.
+
+    keras-hub 0.32's Gemma and Gemma 3 backbones pass each block only the
+    previous block's output and the int `padding_mask` (text only: no
+    `vision_mask`); the block builds its causal / sliding-window attention
+    mask and the rotary positions (0, 1, ...) itself.
+
+    Args:
+        block: a decoder block (see `decoder_blocks`), or a callable taking
+            the block's arguments (e.g. its `stateless_call` with the
+            variable values bound).
+        x: `(batch, sequence, hidden_dim)` hidden states.
+        padding_mask: `(batch, sequence)` mask, True / 1 for real tokens.
+
+    Returns:
+        The block's output hidden states.
+    """
+    from keras import ops
+
+    return block(x, padding_mask=ops.cast(padding_mask, "int32"))

@@ -10,20 +10,18 @@ variable paths. Methods:
 - `"gptq"`: GPTQ error-compensating rounding under absmax group scales.
 - `"clip+gptq"`: clipping search for the scales, then GPTQ rounding.
 
-Calibrated methods quantize block by block: the inputs of block `i` are
-recorded with blocks `0..i-1` already quantized, so later blocks compensate
-for the error of earlier ones.
+Calibrated methods quantize block by block (`block_calibration`): the
+calibration tokens are embedded once and streamed through one block at a
+time; the inputs of block `i` come from blocks `0..i-1` already quantized, so
+later blocks compensate for the error of earlier ones (sequential GPTQ).
 """
 
 
 import keras
 
 from kerasft.models import architecture
-from kerasft.quantization.calibration import (
-    calibration_batches,
-    collect_hessians,
-    relative_output_error,
-)
+from kerasft.quantization.block_calibration import calibrate_blocks
+from kerasft.quantization.calibration import calibration_batches, relative_output_error
 from kerasft.quantization.clipping import search_clip_ratios
 from kerasft.quantization.gptq import gptq_quantize_matrix
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
@@ -184,12 +182,13 @@ def quantize_model(
     targets=None,
     group_size="auto",
     calibration_data=None,
-    method="rtn",
+    method=None,
     asymmetric=False,
     double_quantize=False,
     scale_dtype="float32",
     damp=0.01,
     embedding=False,
+    progress=True,
 ):
     """Quantizes the dense layers of a keras-hub causal LM's decoder blocks, in place.
 
@@ -207,8 +206,11 @@ def quantize_model(
         calibration_data: a list of strings (tokenised with the model's
             preprocessor) or an iterable of token-id batches (dicts with
             `token_ids` and `padding_mask`, or int arrays); required unless
-            `method="rtn"`.
-        method: `"rtn"`, `"clip"`, `"gptq"` or `"clip+gptq"`.
+            `method="rtn"`. With `method="rtn"` it only measures each
+            layer's `output_error` in the report.
+        method: `"rtn"`, `"clip"`, `"gptq"` or `"clip+gptq"`; None (the
+            default) is `"gptq"` when `calibration_data` is given and
+            `"rtn"` otherwise, so calibration data is never ignored.
         asymmetric: integer modes: zero points per group.
         double_quantize: quantize the scales to int8 in blocks of 256.
         scale_dtype: `"float32"` or `"float16"` scale storage.
@@ -216,6 +218,8 @@ def quantize_model(
         embedding: also quantize the (tied) token embedding table to int8
             with one scale per row (`QuantizedEmbedding`), whatever `mode`;
             it serves both the lookup and the output logits.
+        progress: show a progress bar over the decoder blocks while
+            calibrating.
 
     Returns:
         A list with one dict per quantized layer: `path`, `mode`,
@@ -227,6 +231,8 @@ def quantize_model(
             `calibration_data`, a target that matches nothing, or a
             `group_size` that does not divide a layer's contracted size.
     """
+    if method is None:
+        method = "rtn" if calibration_data is None else "gptq"
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
     if calibration_data is not None:
@@ -262,13 +268,9 @@ def quantize_model(
         )
 
     report = []
-    for block_plan in plan:
-        hessians = [None] * len(block_plan)
-        if calibration_data:
-            hessians = collect_hessians(
-                model, [layer for _, _, layer in block_plan], calibration_data
-            )
-        for (parent, attribute, layer), hessian in zip(block_plan, hessians):
+
+    def quantize_block(index, hessians):
+        for (parent, attribute, layer), hessian in zip(plan[index], hessians):
             quantized, error = quantize_kernel(
                 layer, mode, group_size=group_size, method=method, hessian=hessian,
                 asymmetric=asymmetric, double_quantize=double_quantize,
@@ -284,6 +286,15 @@ def quantize_model(
                     "output_error": error,
                 }
             )
+
+    if calibration_data:
+        calibrate_blocks(
+            model, calibration_data, [[layer for _, _, layer in p] for p in plan],
+            quantize_block, propagate="after", progress=progress,
+        )
+    else:
+        for index, block_plan in enumerate(plan):
+            quantize_block(index, [None] * len(block_plan))
     if embedding:
         report.append(quantize_embedding(model))
     retrack_torch_variables(model)

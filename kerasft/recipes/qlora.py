@@ -9,7 +9,9 @@ from keras import ops
 from kerasft.evaluate.logits import model_logits
 from kerasft.layers.lora import validate_flag
 from kerasft.layers.qlora import REQUANTIZE_WARNING, QLoRADense, validate_residual_rank
-from kerasft.quantization.calibration import calibration_batches, collect_hessians
+from kerasft.models import architecture
+from kerasft.quantization.block_calibration import calibrate_blocks
+from kerasft.quantization.calibration import calibration_batches
 from kerasft.quantization.quantize_model import quantize_model
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_mode
@@ -228,6 +230,10 @@ def start_from_residual(model, float_kernels, calibration_data=None, adapters=Tr
 
     The frozen correction (`residual_rank > 0`) takes the first singular
     directions of the error; with `adapters`, the LoRA factors take the next.
+    With calibration data the Hessians come from one streamed pass through
+    the decoder blocks of the quantized model (`calibrate_blocks`, corrections
+    not yet applied), each block's targets fitted as soon as its Hessians are
+    in.
 
     Args:
         model: a model `QLoRA.apply` quantized and wrapped, adapters untrained.
@@ -245,11 +251,9 @@ def start_from_residual(model, float_kernels, calibration_data=None, adapters=Tr
         wrapper for wrapper in lora_layers(model)
         if isinstance(wrapper.layer, QuantizedEinsumDense) and wrapper.target_path in float_kernels
     ]
-    hessians = [None] * len(wrappers)
-    if calibration_data is not None and wrappers:
-        hessians = collect_hessians(model, [w.layer for w in wrappers], calibration_data)
     report = {}
-    for wrapper, hessian in zip(wrappers, hessians):
+
+    def fit(wrapper, hessian):
         layer = wrapper.layer
         kernel = ops.convert_to_numpy(ops.cast(float_kernels[wrapper.target_path], "float32"))
         weights = layer.kernel_matrix(kernel)
@@ -272,7 +276,27 @@ def start_from_residual(model, float_kernels, calibration_data=None, adapters=Tr
             float(np.sqrt(weighted_error(error, hessian) / reference)),
             float(np.sqrt(weighted_error(remaining, hessian) / reference)),
         )
-    return report
+
+    if calibration_data is None or not wrappers:
+        for wrapper in wrappers:
+            fit(wrapper, None)
+        return report
+    # Quantized layers live in the decoder blocks only (see `quantize_model`).
+    per_block = []
+    for block in architecture.decoder_blocks(model):
+        inside = {id(layer) for layer in block._flatten_layers()}
+        per_block.append([w for w in wrappers if id(w.layer) in inside])
+
+    def fit_block(index, hessians):
+        for wrapper, hessian in zip(per_block[index], hessians):
+            fit(wrapper, hessian)
+
+    calibrate_blocks(
+        model, calibration_data, [[w.layer for w in block] for block in per_block],
+        fit_block, propagate="before", description="block (residual fit)",
+    )
+    # Report in the order of the targets, as before.
+    return {w.target_path: report[w.target_path] for w in wrappers}
 
 
 def _assign_factors(a_variable, b_variable, a, b):

@@ -115,3 +115,28 @@ def test_kernels_come_back_when_a_later_layer_cannot_be_quantized():
             pass
     after = snapshot(model)
     assert all(np.array_equal(before[p], after[p]) for p in before)
+
+
+def test_calibrated_groups_equal_quantizing_that_group_with_gptq():
+    calibration = [random_token_batch(4, 12, seed=20)[0]]
+    model = tiny_causal_lm("gemma3", seed=3)
+    before = snapshot(model)
+    scheme = dict(mode="int4", group_size=16)
+    calibrated = quantization_sensitivity(
+        model, batches(), by="block", progress=False, calibration_data=calibration, **scheme
+    )
+    rounded = quantization_sensitivity(model, batches(), by="block", progress=False, **scheme)
+    after = snapshot(model)
+    assert all(np.array_equal(before[p], after[p]) for p in before)
+    assert calibrated["float"] == rounded["float"]
+    assert calibrated["groups"][1] != pytest.approx(rounded["groups"][1], rel=1e-4)
+    # Block 1 alone: its GPTQ Hessians come through the float block 0, as here.
+    quantize_model(
+        model, targets=["*decoder_block_1/*"], calibration_data=calibration,
+        method="gptq", progress=False, **scheme,
+    )
+    assert calibrated["groups"][1] == pytest.approx(ppl(model), rel=1e-4)
+    with pytest.raises(ValueError, match="method='rtn', calibration_data=given"):
+        quantization_sensitivity(model, batches(), method="rtn", calibration_data=calibration)
+    with pytest.raises(ValueError, match="method='gptq', calibration_data=None"):
+        quantization_sensitivity(model, batches(), method="gptq")
