@@ -30,14 +30,17 @@ def tiny_gemma_backbone(
 
 
 def tiny_gemma3_backbone(
-    num_layers=2, dtype=None, seed=0, vocabulary_size=TINY_VOCABULARY_SIZE
+    num_layers=2, dtype=None, seed=0, vocabulary_size=TINY_VOCABULARY_SIZE, **overrides
 ):
     """A two-block text-only `Gemma3Backbone` with random weights.
 
     Uses query/key norms and sliding-window attention like the real Gemma 3.
+    `overrides` replace or add `Gemma3Backbone` arguments (for example
+    `final_logit_soft_cap=0.5`); the weights depend only on `seed` and the
+    shapes.
     """
     keras.utils.set_random_seed(seed)
-    return keras_hub.models.Gemma3Backbone(
+    settings = dict(
         vocabulary_size=vocabulary_size,
         image_size=16,
         num_layers=num_layers,
@@ -53,6 +56,7 @@ def tiny_gemma3_backbone(
         vision_encoder=None,
         dtype=dtype,
     )
+    return keras_hub.models.Gemma3Backbone(**{**settings, **overrides})
 
 
 def tiny_causal_lm(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import sentencepiece
 
+from kerasft import testing
 from kerasft.evaluate import (
     bleu,
     exact_match,
@@ -68,24 +69,7 @@ def _tiny_causal_lm():
     preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
         tokenizer, sequence_length=SEQUENCE_LENGTH
     )
-    keras.utils.set_random_seed(3)
-    # The settings of `kerasft.testing.tiny_gemma3_backbone`, sized to the
-    # tokenizer's vocabulary.
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
-        image_size=16,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-        query_head_norm=True,
-        key_head_norm=True,
-        use_sliding_window_attention=True,
-        sliding_window_size=4,
-        vision_encoder=None,
-    )
+    backbone = testing.tiny_gemma3_backbone(seed=3, vocabulary_size=tokenizer.vocabulary_size())
     return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
 
 

@@ -32,23 +32,7 @@ def _reference_loss(model, batches):
 def _capped_gemma3(cap):
     # `testing.tiny_causal_lm("gemma3")` (same seed, same weights) with a final
     # logit soft-cap small enough that tanh is far from linear on its logits.
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=testing.TINY_VOCABULARY_SIZE,
-        image_size=16,
-        num_layers=2,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-        query_head_norm=True,
-        key_head_norm=True,
-        use_sliding_window_attention=True,
-        sliding_window_size=4,
-        vision_encoder=None,
-        final_logit_soft_cap=cap,
-    )
+    backbone = testing.tiny_gemma3_backbone(final_logit_soft_cap=cap)
     return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
 
 
