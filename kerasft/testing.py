@@ -10,6 +10,10 @@ import keras
 import keras_hub
 
 TINY_VOCABULARY_SIZE = 97
+# The sizes both tiny backbones share: two query heads over one key/value head.
+_TINY_SIZES = dict(
+    num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=8
+)
 
 
 def tiny_gemma_backbone(
@@ -18,14 +22,7 @@ def tiny_gemma_backbone(
     """A two-block `GemmaBackbone` (Gemma 1 layout) with random weights."""
     keras.utils.set_random_seed(seed)
     return keras_hub.models.GemmaBackbone(
-        vocabulary_size=vocabulary_size,
-        num_layers=num_layers,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-        dtype=dtype,
+        vocabulary_size=vocabulary_size, num_layers=num_layers, dtype=dtype, **_TINY_SIZES
     )
 
 
@@ -44,13 +41,8 @@ def tiny_gemma3_backbone(
         vocabulary_size=vocabulary_size,
         image_size=16,
         num_layers=num_layers,
-        num_query_heads=2,
-        num_key_value_heads=1,
-        hidden_dim=16,
-        intermediate_dim=32,
-        head_dim=8,
-        query_head_norm=True,
-        key_head_norm=True,
+        **_TINY_SIZES,
+        use_query_key_norm=True,
         use_sliding_window_attention=True,
         sliding_window_size=4,
         vision_encoder=None,

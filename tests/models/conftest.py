@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import sentencepiece
 
+from kerasft.testing import tiny_gemma3_backbone
+
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Water boils at a temperature of 100 degrees Celsius.",
@@ -47,22 +49,17 @@ def _train_tokenizer_proto():
 
 def _tiny_gemma3_causal_lm(proto):
     tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=False)
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.Gemma3Backbone(
+    # kerasft's tiny Gemma 3, resized, in llama.cpp's layout (post norms, no
+    # image size); layers 0-4 use the sliding window, layer 5 is global.
+    backbone = tiny_gemma3_backbone(
+        num_layers=6,
         vocabulary_size=tokenizer.vocabulary_size(),
         image_size=None,
-        num_layers=6,  # layers 0-4 use the sliding window, layer 5 is global
-        num_query_heads=2,
-        num_key_value_heads=1,
         hidden_dim=32,
         intermediate_dim=64,
         head_dim=16,
-        use_query_key_norm=True,
         use_post_ffw_norm=True,
         use_post_attention_norm=True,
-        use_sliding_window_attention=True,
-        sliding_window_size=4,
-        vision_encoder=None,
     )
     # Norm scales start at zero; random ones make the `1 + w` convention matter.
     rng = np.random.default_rng(0)
