@@ -33,13 +33,8 @@ from kerasft.recipes.base import (
     restore_applied_recipes,
     split_merged_recipes,
 )
-from kerasft.targeting import (
-    adapter_wrappers,
-    iter_layers,
-    refresh_after_surgery,
-    replace_layer,
-    undo_surgery_on_error,
-)
+from kerasft.recipes.merging import merge_wrappers
+from kerasft.targeting import adapter_wrappers, iter_layers, undo_surgery_on_error
 from kerasft.tensor_files import atomic_write, load_tensors, save_tensors  # noqa: F401 (re-exported)
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -387,8 +382,11 @@ def _assign_saved_tensors(model, tensors):
 def merge_adapters(model: keras.Model) -> list[str]:
     """Folds every mergeable adapter into its layer and removes the wrappers.
 
-    Merging is idempotent: a model with no adapters left is returned
-    unchanged. The model keeps the record of what was merged into it
+    `Recipe.merge` without a batch or options (each wrapper's
+    `merged_layer()`; over a quantized layer a QLoRA adapter is requantized,
+    with a warning), returning only the merged paths. Merging is idempotent:
+    a model with no adapters left is returned unchanged. The model keeps the
+    record of what was merged into it
     (`kerasft.recipes.base.split_merged_recipes`): `save_adapter` then has
     nothing left to save, and `load_adapter` refuses to apply an adapter
     trained on the unmerged base.
@@ -399,18 +397,4 @@ def merge_adapters(model: keras.Model) -> list[str]:
     Raises:
         ValueError: if the model holds an adapter that cannot be merged.
     """
-    wrappers = adapter_wrappers(model)
-    unmergeable = [w.target_path for w in wrappers if not w.mergeable]
-    if unmergeable:
-        raise ValueError(
-            "Some adapters cannot be merged into their layers. Received: "
-            f"unmergeable adapters at {unmergeable}"
-        )
-    merged = []
-    for wrapper in wrappers:
-        wrapper.merge()
-        replace_layer(model, wrapper, wrapper.layer)
-        merged.append(wrapper.target_path)
-    if merged:
-        refresh_after_surgery(model)
-    return merged
+    return merge_wrappers(model)["merged"]

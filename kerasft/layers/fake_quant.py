@@ -78,9 +78,9 @@ class FakeQuantDense(AdapterWrapper):
     """Trains a dense layer's float kernel through its quantized forward pass.
 
     The wrapped layer's kernel stays trainable (the layer itself is not
-    called); its bias, if any, is frozen. `kerasft.recipes.QAT.convert`
-    replaces the wrapper by a `QuantizedEinsumDense` holding the same
-    quantized kernel.
+    called); its bias, if any, is frozen. Its merged layer
+    (`merged_layer`, what `QAT().merge` / `QAT.convert` put in its place) is
+    a `QuantizedEinsumDense` holding the same quantized kernel.
 
     Args:
         layer: a built float `keras.layers.Dense` or `keras.layers.EinsumDense`.
@@ -91,6 +91,8 @@ class FakeQuantDense(AdapterWrapper):
         target_path: the wrapped layer's path in its model.
         **kwargs: base `Layer` arguments.
     """
+
+    mergeable = True
 
     def __init__(
         self, layer, mode="int8", group_size="auto", asymmetric=False, target_path=None, **kwargs
@@ -122,6 +124,24 @@ class FakeQuantDense(AdapterWrapper):
 
     def build(self, input_shape=None):
         self.built = True
+
+    def adapter_weights(self) -> dict[str, keras.Variable]:
+        # QAT trains the wrapped layer's own kernel; it is saved by its path.
+        kernel = kernel_variable(self.layer)
+        return {kernel.path: kernel}
+
+    def merged_layer(self, **options: Any) -> keras.Layer:
+        """A `QuantizedEinsumDense` rounding the trained kernel with this scheme.
+
+        The very codes the forward pass used, so its outputs equal the
+        fake-quantized wrapper's (up to float rounding of the scales).
+        `options` are ignored.
+        """
+        from kerasft.quantization.quantized_dense import QuantizedEinsumDense
+
+        return QuantizedEinsumDense.from_float(
+            self.layer, mode=self.mode, group_size=self.group_size, asymmetric=self.asymmetric
+        )
 
     def fake_quantized_kernel(self) -> Any:
         """The kernel as the quantized layer will hold it, with a straight-through gradient."""

@@ -6,19 +6,21 @@ merging into a quantized layer requantizes it, and says so.
 """
 
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
 from kerasft.layers.lora import LoRADense
+from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 
 
 REQUANTIZE_WARNING = (
     "Merging a LoRA adapter into a quantized layer requantizes it "
     "(dequantize, add the update, round again): the merged model is not equal to "
     "the adapter model. Measure the logit difference, or use "
-    "`kerasft.recipes.QLoRA.merge(model)` for an exact float merge."
+    "`kerasft.recipes.QLoRA().merge(model)` for an exact float merge."
 )
 
 
@@ -83,6 +85,33 @@ class QLoRADense(LoRADense):
         a = ops.cast(self.residual_a, "float32")
         b = ops.cast(self.residual_b, "float32")
         return ops.einsum(self.axes.delta_equation, a, b)
+
+    def merged_layer(self, requantize: bool = True, **options: Any) -> keras.Layer:
+        """The layer replacing this wrapper: base + frozen correction + update.
+
+        Args:
+            requantize: over a quantized layer, True (what `merge()` and
+                `kerasft.merge_adapters` do) rounds the sum into the quantized
+                layer again (smaller, not exact; warns); False returns a float
+                `EinsumDense`/`Dense` holding it (`QuantizedEinsumDense.to_float`),
+                an exact merge. Over a float layer: the LoRA merge.
+            **options: ignored (other wrappers' options).
+        """
+        layer = self.layer
+        if not isinstance(layer, QuantizedEinsumDense):
+            return super().merged_layer()
+        kernel = ops.cast(layer.dequantized_kernel("float32"), "float32")
+        if not self.merged:
+            kernel = kernel + self.delta_kernel()
+        residual = self.residual_kernel()
+        if residual is not None:
+            kernel = kernel + residual
+        if not requantize:
+            return layer.to_float(kernel)
+        warnings.warn(f"{self.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
+        layer.requantize(kernel)  # one rounding of base + correction + update
+        self.merged = True
+        return layer
 
     def merge(self):
         if not self.merged and hasattr(self.layer, "requantize"):

@@ -1,16 +1,24 @@
 """The base of layers that wrap one frozen layer of a model (LoRA, DoRA, IA3, ...)."""
 
+from typing import Any
+
 import keras
 
 
 class AdapterWrapper(keras.layers.Layer):
     """A layer that wraps one existing layer and adds trainable weights to it.
 
+    A wrapper is the unit of a method: it says what an adapter file holds
+    for it (`adapter_weights`) and builds the layer that replaces it after
+    training (`merged_layer`), so that `kerasft.adapters` and
+    `Recipe.merge` handle any method without knowing it.
+
     Subclasses create their weights in `build()` (called with no arguments
     right after wrapping) and implement `call`. Mergeable methods set
     `mergeable = True` and implement `merge()`, which folds the adapter into
-    the wrapped layer's weights so that `kerasft.merge_adapters` can put the
-    wrapped layer back in the model.
+    the wrapped layer's weights in place (the default `merged_layer` then
+    returns the wrapped layer), or override `merged_layer` when the merged
+    layer is a new one.
 
     Args:
         layer: the wrapped layer; it is frozen.
@@ -42,10 +50,33 @@ class AdapterWrapper(keras.layers.Layer):
         return {v.path: v for v in self.weights if id(v) not in wrapped}
 
     def merge(self) -> bool:
+        """Folds the adapter into the wrapped layer's weights, in place.
+
+        Returns:
+            True if the weights changed, False if already merged.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} cannot be merged into its layer. Received: "
             f"layer at {self.target_path!r}"
         )
+
+    def merged_layer(self, **options: Any) -> keras.Layer:
+        """The layer that replaces this wrapper once merged.
+
+        The default folds the adapter into the wrapped layer (`merge()`, a
+        no-op the second time) and returns that layer. Options a wrapper
+        does not use are ignored (the recipe's `merge` checks their names).
+
+        Raises:
+            ValueError: if the wrapper is not `mergeable`.
+        """
+        if not self.mergeable:
+            raise ValueError(
+                f"{type(self).__name__} cannot be merged into its layer. Received: "
+                f"layer at {self.target_path!r}"
+            )
+        self.merge()
+        return self.layer
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

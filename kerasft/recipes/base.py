@@ -283,8 +283,7 @@ def split_merged_recipes(model: keras.Model) -> tuple[list[AppliedRecipe], list[
     """`(merged, live)`: the applied recipes now part of the base, and those after them.
 
     A recipe is merged when some wrapper it put in is gone from the model
-    (`merge_adapters`, `QLoRA.merge`, `QAT.convert` fold wrappers into the
-    base). Everything applied up to the last merged recipe is then part of
+    (`Recipe.merge`, `kerasft.merge_adapters` fold wrappers into the base). Everything applied up to the last merged recipe is then part of
     the base; what follows is live and is what `save_adapter` saves.
     """
     entries = applied_recipes(model)
@@ -313,6 +312,8 @@ class Recipe:
     """
 
     method = None
+    # The keyword options `merge` takes besides `batch` (e.g. QLoRA's `requantize`).
+    merge_options: tuple[str, ...] = ()
 
     def apply(self, model):
         """Changes `model` in place for this method and returns it."""
@@ -325,6 +326,45 @@ class Recipe:
         `init="residual"`) skip it here: the loaded weights replace it.
         """
         return self.apply(model)
+
+    def merge(self, model: keras.Model, batch=None, **options) -> dict:
+        """Finishes training: replaces every adapter in `model` by its merged layer, in place.
+
+        Each adapter wrapper builds its own replacement
+        (`AdapterWrapper.merged_layer`): LoRA, DoRA and IA3 fold into the
+        kernel, QAT becomes the quantized layer, QLoRA a float (or with
+        `requantize=True` a requantized) layer. Recipes without wrappers to
+        merge report nothing merged; prefix and prompt recipes fold their
+        encoder into plain weights instead. Merging twice is a no-op.
+
+        Args:
+            model: the model `apply` returned (and trained), or one
+                `kerasft.load_adapter` returned.
+            batch: optional inputs (`{"token_ids", "padding_mask"}` or an
+                `(x, y, sample_weight)` tuple) on which the max absolute
+                logit difference between before and after is measured.
+            **options: this recipe's `merge_options`.
+
+        Returns:
+            `{"merged": [layer paths], "max_abs_logit_difference": float | None}`.
+
+        Raises:
+            ValueError: for an option this recipe does not take, or an adapter
+                that cannot be merged (nothing changes then).
+        """
+        from kerasft.recipes.merging import merge_wrappers
+
+        self.check_merge_options(options)
+        return merge_wrappers(model, batch, **options)
+
+    def check_merge_options(self, options: dict) -> None:
+        """Raises a ValueError naming every key of `options` not in `merge_options`."""
+        unknown = sorted(set(options) - set(self.merge_options))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}.merge takes the options {list(self.merge_options)} "
+                f"besides `batch`. Received: {', '.join(f'{k}={options[k]!r}' for k in unknown)}"
+            )
 
     def with_target_paths(self, target_paths: list[str]) -> "Recipe":
         """This recipe aimed at exactly `target_paths`, the layers it wrapped when saved.
@@ -441,7 +481,3 @@ class Recipe:
         )
         return f"{type(self).__name__}({arguments})"
 
-
-def count_params(variables):
-    """Total number of scalars in a list of variables."""
-    return int(sum(keras.ops.size(v) for v in variables))

@@ -1,8 +1,8 @@
 """Houlsby-style bottleneck adapters after the attention and/or feed-forward outputs."""
 
 from kerasft.layers.bottleneck import BottleneckAdapter, validate_bottleneck_arguments
-from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
-from kerasft.targeting import find_target_layers, wrap_layers
+from kerasft.recipes.base import register_recipe
+from kerasft.recipes.wrapper_recipe import WrapperRecipe
 
 PLACEMENTS = {
     "attention": ("attention_output",),
@@ -12,14 +12,14 @@ PLACEMENTS = {
 
 
 @register_recipe("adapters")
-class Adapters(Recipe):
+class Adapters(WrapperRecipe):
     """Bottleneck adapters `y + up(activation(down(y)))`; everything else frozen.
 
     Each adapter wraps the layer whose output `y` it adapts: the attention
     output projection (`attention_output`) and/or the feed-forward output
     (`ffw_linear`) of every decoder block. `up` starts at zero, so the model
-    is unchanged at first. Adapters are not mergeable: `merge_adapters`
-    raises a `ValueError` on a model that has them.
+    is unchanged at first. Adapters are not mergeable: `merge` (and
+    `kerasft.merge_adapters`) raises a `ValueError` on a model that has them.
 
     Args:
         bottleneck: hidden units of each adapter.
@@ -43,21 +43,10 @@ class Adapters(Recipe):
         """The layer names the adapters wrap."""
         return PLACEMENTS[self.placement]
 
-    def apply(self, model):
-        find_target_layers(model, self.targets)  # fail before changing anything
-        freeze_all(model)
-        wrap_layers(
-            model,
-            self.targets,
-            lambda path, layer: BottleneckAdapter(
-                layer,
-                bottleneck=self.bottleneck,
-                activation=self.activation,
-                target_path=path,
-            ),
+    def make_wrapper(self, path, layer):
+        return BottleneckAdapter(
+            layer, bottleneck=self.bottleneck, activation=self.activation, target_path=path
         )
-        mark_applied(model, self)
-        return model
 
     def get_config(self):
         return {

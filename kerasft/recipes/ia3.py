@@ -1,18 +1,20 @@
 """(IA)^3: learned rescaling vectors on key/value outputs and feed-forward activations."""
 
 from kerasft.layers.ia3 import IA3Dense
-from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
-from kerasft.targeting import find_target_layers, normalize_targets, path_matches, wrap_layers
+from kerasft.recipes.base import register_recipe
+from kerasft.recipes.wrapper_recipe import WrapperRecipe
+from kerasft.targeting import normalize_targets, path_matches
 
 
 @register_recipe("ia3")
-class IA3(Recipe):
+class IA3(WrapperRecipe):
     """Rescales chosen activations by learned vectors initialised to ones.
 
     Targets matched by `feedforward_targets` have their *input* scaled (for
     Gemma's `ffw_linear`: the gated feed-forward activations); every other
     target has its *output* features scaled (key and value projections). All
-    vectors merge into the kernels with `kerasft.merge_adapters`.
+    vectors merge into the kernels with `IA3().merge(model)` (or
+    `kerasft.merge_adapters`).
 
     Args:
         targets: layer names, path globs or shortcuts (see
@@ -38,16 +40,8 @@ class IA3(Recipe):
             return "input"
         return "output"
 
-    def apply(self, model):
-        find_target_layers(model, self.targets)  # fail before changing anything
-        freeze_all(model)
-        wrap_layers(
-            model,
-            self.targets,
-            lambda path, layer: IA3Dense(layer, side=self.side_for(path), target_path=path),
-        )
-        mark_applied(model, self)
-        return model
+    def make_wrapper(self, path, layer):
+        return IA3Dense(layer, side=self.side_for(path), target_path=path)
 
     def get_config(self):
         return {

@@ -11,14 +11,9 @@ from kerasft.layers.lora import (
     validate_flag,
     validate_lora_arguments,
 )
-from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
-from kerasft.targeting import (
-    adapter_wrappers,
-    find_target_layers,
-    normalize_targets,
-    path_matches,
-    wrap_layers,
-)
+from kerasft.recipes.base import register_recipe
+from kerasft.recipes.wrapper_recipe import WrapperRecipe
+from kerasft.targeting import adapter_wrappers, normalize_targets, path_matches
 
 
 def lora_layers(model):
@@ -27,7 +22,7 @@ def lora_layers(model):
 
 
 @register_recipe("lora")
-class LoRA(Recipe):
+class LoRA(WrapperRecipe):
     """Low-rank adaptation of the targeted dense layers; everything else frozen.
 
     Args:
@@ -117,29 +112,18 @@ class LoRA(Recipe):
         """The adapter layer this recipe puts on each target."""
         return DoRADense if self.use_dora else LoRADense
 
-    def apply(self, model):
-        targets = find_target_layers(model, self.targets)  # fail before changing anything
+    def check_targets(self, targets):
         self.check_rank_pattern(targets)
-        return self.wrap_targets(model)
 
-    def wrap_targets(self, model):
-        """Freezes `model` and wraps every target with `wrapper_class()`."""
-        freeze_all(model)
-        wrapper_class = self.wrapper_class()
-        wrap_layers(
-            model,
-            self.targets,
-            lambda path, layer: wrapper_class(
-                layer,
-                rank=self.rank_for(path),
-                alpha=self.alpha,
-                dropout=self.dropout,
-                use_rslora=self.use_rslora,
-                target_path=path,
-            ),
+    def make_wrapper(self, path, layer):
+        return self.wrapper_class()(
+            layer,
+            rank=self.rank_for(path),
+            alpha=self.alpha,
+            dropout=self.dropout,
+            use_rslora=self.use_rslora,
+            target_path=path,
         )
-        mark_applied(model, self)
-        return model
 
     def get_config(self):
         return {

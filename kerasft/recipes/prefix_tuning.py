@@ -29,6 +29,10 @@ def fold_prefixes(model, num_virtual_tokens):
     Afterwards the model is a plain `PrefixTuning(reparameterize=False)`
     model (and is recorded as such for `save_adapter`), and inference needs
     only the `(P, kv_heads, head_dim)` prefix tensors of each layer.
+
+    Returns:
+        The paths of the attention layers whose prefixes were folded (none
+        the second time).
     """
     from kerasft.targeting import refresh_after_surgery
 
@@ -41,7 +45,15 @@ def fold_prefixes(model, num_virtual_tokens):
             wrapper.prefix_value.trainable = True
         refresh_after_surgery(model)
     mark_applied(model, PrefixTuning(num_virtual_tokens, reparameterize=False), replacing=wrappers)
-    return model
+    return [w.target_path for w, done in zip(wrappers, folded) if done]
+
+
+def merge_prefixes(recipe, model, batch, options):
+    """The `merge` of prefix and prompt recipes: `fold_prefixes`, reported as `Recipe.merge`."""
+    from kerasft.recipes.merging import measured_merge
+
+    recipe.check_merge_options(options)
+    return measured_merge(model, batch, lambda: fold_prefixes(model, recipe.num_virtual_tokens))
 
 
 @register_recipe("prefix_tuning")
@@ -56,7 +68,7 @@ class PrefixTuning(Recipe):
     Args:
         num_virtual_tokens: prefix length `P` (0 gives the base model exactly).
         reparameterize: compute all prefixes as `MLP(E)` from a shared
-            `(P, hidden_dim)` embedding, as in the paper; `fold(model)` then
+            `(P, hidden_dim)` embedding, as in the paper; `merge(model)` then
             replaces the MLP by its output for inference.
         hidden: width of the MLP's hidden layer.
 
@@ -88,9 +100,14 @@ class PrefixTuning(Recipe):
         mark_applied(model, self)
         return model
 
-    def fold(self, model):
-        """Replaces the prefix MLP by its output (a no-op without one)."""
-        return fold_prefixes(model, self.num_virtual_tokens)
+    def merge(self, model, batch=None, **options):
+        """Replaces the prefix MLP by its output, exactly (a no-op without one).
+
+        The prefix wrappers stay (they are the method); see `Recipe.merge`
+        for `batch` and the report, whose `merged` lists the attention
+        layers whose prefixes were folded.
+        """
+        return merge_prefixes(self, model, batch, options)
 
     def get_config(self):
         return {

@@ -9,7 +9,7 @@ from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
 from kerasft.recipes.prefix_tuning import (
     build_provider,
-    fold_prefixes,
+    merge_prefixes,
     validate_num_virtual_tokens,
 )
 
@@ -110,14 +110,15 @@ class PromptTuning(Recipe):
             model.optimizer.weight_decay = None
         return model
 
-    def fold(self, model):
-        """Replaces the soft prompt by its per-layer keys/values.
+    def merge(self, model, batch=None, **options):
+        """Replaces the soft prompt by its per-layer keys/values (`Recipe.merge`).
 
         Exact, and generation no longer runs the virtual tokens through the
         blocks at each step. The model becomes (and is saved as) a
-        `PrefixTuning(num_virtual_tokens, reparameterize=False)` model.
+        `PrefixTuning(num_virtual_tokens, reparameterize=False)` model; the
+        report's `merged` lists the attention layers given prefixes.
         """
-        return fold_prefixes(model, self.num_virtual_tokens)
+        return merge_prefixes(self, model, batch, options)
 
     def get_config(self):
         return {

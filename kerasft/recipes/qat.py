@@ -3,18 +3,10 @@
 import keras
 
 from kerasft.layers.fake_quant import FakeQuantDense
-from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantizers import validate_scheme
-from kerasft.recipes.base import Recipe, freeze_all, mark_applied, register_recipe
-from kerasft.targeting import (
-    adapter_wrappers,
-    find_target_layers,
-    kernel_variable,
-    normalize_targets,
-    refresh_after_surgery,
-    replace_layer,
-    wrap_layers,
-)
+from kerasft.recipes.base import register_recipe
+from kerasft.recipes.wrapper_recipe import WrapperRecipe
+from kerasft.targeting import adapter_wrappers, kernel_variable, normalize_targets
 
 
 def fake_quant_layers(model):
@@ -23,13 +15,14 @@ def fake_quant_layers(model):
 
 
 @register_recipe("qat")
-class QAT(Recipe):
+class QAT(WrapperRecipe):
     """Quantization-aware training: train the targeted kernels through their quantized values.
 
     `apply` wraps each targeted float dense layer in a `FakeQuantDense`
     (quantize-dequantize in the forward pass, straight-through gradient);
-    only those kernels train. After `fit`, `convert` swaps every wrapper for a
-    `QuantizedEinsumDense` whose outputs equal the fake-quantized model's.
+    only those kernels train. After `fit`, `merge` (or its alias `convert`)
+    swaps every wrapper for a `QuantizedEinsumDense` whose outputs equal the
+    fake-quantized model's.
 
     Args:
         mode: `"int8"`, `"int4"` or `"nf4"`.
@@ -48,7 +41,7 @@ class QAT(Recipe):
         self.asymmetric = bool(asymmetric)
         self.targets = normalize_targets(targets)
 
-    def _wrap(self, path, layer):
+    def make_wrapper(self, path, layer):
         return FakeQuantDense(
             layer,
             mode=self.mode,
@@ -57,14 +50,10 @@ class QAT(Recipe):
             target_path=path,
         )
 
-    def apply(self, model):
-        # Fail on bad targets or group sizes before changing anything.
-        for path, layer in find_target_layers(model, self.targets).items():
+    def check_targets(self, targets):
+        # Bad group sizes fail before the model changes.
+        for path, layer in targets.items():
             self._check_group_size(path, layer)
-        freeze_all(model)
-        wrap_layers(model, self.targets, self._wrap)
-        mark_applied(model, self)
-        return model
 
     def _check_group_size(self, path, layer):
         from kerasft.einsum import layer_equation, parse_equation
@@ -85,29 +74,14 @@ class QAT(Recipe):
         except ValueError as error:
             raise ValueError(f"{error} (layer {path!r})") from None
 
-    def convert(self, model):
-        """Replaces every `FakeQuantDense` by a real `QuantizedEinsumDense`, in place.
+    def convert(self, model: keras.Model) -> list[str]:
+        """`merge(model)["merged"]`: the converted layer paths (the README's name).
 
         Rounding the trained float kernel with the same scheme gives the very
         codes the forward pass used, so the converted model's outputs equal
         the fake-quantized model's (up to float rounding of the scales).
-
-        Returns:
-            The list of converted layer paths.
         """
-        converted = []
-        for wrapper in fake_quant_layers(model):
-            quantized = QuantizedEinsumDense.from_float(
-                wrapper.layer,
-                mode=wrapper.mode,
-                group_size=wrapper.group_size,
-                asymmetric=wrapper.asymmetric,
-            )
-            replace_layer(model, wrapper, quantized)
-            converted.append(wrapper.target_path)
-        if converted:
-            refresh_after_surgery(model)
-        return converted
+        return self.merge(model)["merged"]
 
     def get_config(self):
         return {

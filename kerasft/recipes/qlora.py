@@ -1,14 +1,13 @@
 """QLoRA: LoRA adapters on top of a frozen, weight-quantized (NF4/int4/int8) base."""
 
 import functools
-import warnings
 
+import keras
 import numpy as np
 from keras import ops
 
-from kerasft.evaluate.logits import model_logits
 from kerasft.layers.lora import validate_flag
-from kerasft.layers.qlora import REQUANTIZE_WARNING, QLoRADense, validate_residual_rank
+from kerasft.layers.qlora import QLoRADense, validate_residual_rank
 from kerasft.models import architecture
 from kerasft.quantization.block_calibration import calibrate_blocks
 from kerasft.quantization.calibration import calibration_batches
@@ -18,7 +17,6 @@ from kerasft.quantization.quantizers import validate_mode
 from kerasft.quantization.residual_init import low_rank_residual, weighted_error
 from kerasft.recipes.base import register_recipe
 from kerasft.recipes.lora import LoRA, lora_layers
-from kerasft.targeting import find_target_layers, refresh_after_surgery, replace_layer
 
 INITS = ("zeros", "residual")
 
@@ -127,20 +125,39 @@ class QLoRA(LoRA):
         return self._apply(model, None, initialize=False)
 
     def _apply(self, model, calibration_data, initialize):
-        targets = find_target_layers(model, self.targets)  # fail before changing anything
-        self.check_rank_pattern(targets)
-        if calibration_data is not None and self.init != "residual" and not self.residual_rank:
+        # `check_targets` and `prepare` (called by `WrapperRecipe.apply`) read these.
+        self._start = {"calibration_data": calibration_data, "initialize": initialize}
+        try:
+            super().apply(model)
+            if initialize:
+                self.initialization_report = start_from_residual(
+                    model, self._start["float_kernels"], self._start["calibration_data"],
+                    adapters=self.init == "residual",
+                )
+        finally:
+            del self._start
+        return model
+
+    def check_targets(self, targets):
+        super().check_targets(targets)
+        if (self._start["calibration_data"] is not None and self.init != "residual"
+                and not self.residual_rank):
             raise ValueError(
                 "`calibration_data` only weights the fit of the quantization error "
                 "(init='residual' or residual_rank > 0). Received: "
                 f"init={self.init!r}, residual_rank=0 and calibration_data"
             )
-        if initialize:
-            if calibration_data is not None:
-                calibration_data = calibration_batches(model, calibration_data)
+
+    def prepare(self, model, targets):
+        """Quantizes the base in place (before the targets are wrapped)."""
+        if self._start["initialize"]:
+            if self._start["calibration_data"] is not None:
+                self._start["calibration_data"] = calibration_batches(
+                    model, self._start["calibration_data"]
+                )
             # Kept (not copied) until the factors are set: the float kernels
             # are the only record of `W` once the layers are quantized.
-            float_kernels = {path: layer.kernel for path, layer in targets.items()}
+            self._start["float_kernels"] = {path: layer.kernel for path, layer in targets.items()}
         quantize_model(
             model,
             self.quantization,
@@ -149,60 +166,34 @@ class QLoRA(LoRA):
             group_size=self.group_size,
             double_quantize=self.double_quant,
         )
-        self.wrap_targets(model)
-        if initialize:
-            self.initialization_report = start_from_residual(
-                model, float_kernels, calibration_data, adapters=self.init == "residual"
-            )
-        return model
 
-    @staticmethod
-    def merge(model, requantize=False, batch=None):
-        """Folds every LoRA adapter into its layer and removes the wrappers.
+    merge_options = ("requantize",)
+
+    def merge(self, model, batch=None, requantize=False):
+        """Folds every adapter into its layer and removes the wrappers (`Recipe.merge`).
 
         Args:
             model: a model `QLoRA.apply` changed (and trained).
-            requantize: False (default): each quantized target is replaced by
-                a float `EinsumDense`/`Dense` holding `dequantized + delta`,
-                an exact merge (a float export of the targeted layers; the
-                other layers stay quantized). True: the sum is quantized
-                again into the quantized layer (smaller, not exact; warns).
             batch: inputs (`{"token_ids", "padding_mask"}`, or an
                 `(x, y, sample_weight)` tuple) on which to measure the max
                 absolute logit difference between the adapter model and the
                 merged one.
+            requantize: False (default): each quantized target is replaced by
+                a float `EinsumDense`/`Dense` holding `dequantized + correction
+                + delta`, an exact merge (a float export of the targeted
+                layers; the other layers stay quantized). True: the sum is
+                quantized again into the quantized layer (smaller, not exact;
+                warns).
 
         Returns:
             A dict with `merged` (the layer paths) and
             `max_abs_logit_difference` (float, or None without `batch`).
         """
-        before = None if batch is None else model_logits(model, batch)
-        merged = []
-        for wrapper in lora_layers(model):
-            layer = wrapper.layer
-            if isinstance(layer, QuantizedEinsumDense):
-                kernel = ops.cast(layer.dequantized_kernel("float32"), "float32")
-                kernel = kernel + wrapper.delta_kernel()
-                residual = getattr(wrapper, "residual_kernel", lambda: None)()
-                if residual is not None:
-                    kernel = kernel + residual
-                if requantize:  # one rounding of base + correction + update
-                    warnings.warn(f"{wrapper.target_path}: {REQUANTIZE_WARNING}", stacklevel=2)
-                    layer.requantize(kernel)
-                    replacement = layer
-                else:
-                    replacement = layer.to_float(kernel)
-            else:
-                wrapper.merge()
-                replacement = layer
-            replace_layer(model, wrapper, replacement)
-            merged.append(wrapper.target_path)
-        if merged:
-            refresh_after_surgery(model)
-        difference = None
-        if batch is not None:
-            difference = float(np.max(np.abs(model_logits(model, batch) - before)))
-        return {"merged": merged, "max_abs_logit_difference": difference}
+        if isinstance(self, keras.Model):
+            # The old static form `QLoRA.merge(model, ...)`, still called by
+            # kerasft/finetune/runner.py; `recipe.merge(model, ...)` is the verb.
+            self, model = QLoRA(), self
+        return super().merge(model, batch, requantize=requantize)
 
     def get_config(self):
         # Written out rather than extending `LoRA.get_config`, so that options

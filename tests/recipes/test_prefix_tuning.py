@@ -46,7 +46,7 @@ def test_fit_trains_only_the_prefix_then_fold_and_reload_are_exact(model_kind, b
     reloaded = load_adapter(testing.tiny_causal_lm(model_kind), tmp_path / "mlp")
     np.testing.assert_allclose(to_numpy(reloaded(x)), expected, atol=1e-6)
 
-    recipe.fold(model)  # the MLP is replaced by its output
+    recipe.merge(model)  # the MLP is replaced by its output
     assert trainable_count(model) == L * 2 * 4 * KH
     assert applied_recipe_config(model)["reparameterize"] is False
     np.testing.assert_allclose(to_numpy(model(x)), expected, atol=1e-6)

@@ -73,7 +73,7 @@ def test_fit_save_reload_fold_and_generate(model_kind, recipe, batch, tmp_path):
     reloaded = load_adapter(testing.tiny_causal_lm(model_kind), tmp_path / "soft")
     np.testing.assert_allclose(to_numpy(reloaded(x)), expected, atol=1e-6)
 
-    recipe.fold(model)  # per-layer keys/values of the prompt, exact
+    recipe.merge(model)  # per-layer keys/values of the prompt, exact
     assert applied_recipe_config(model)["method"] == "prefix_tuning"
     assert all(w.provider is None for w in prefix_wrappers(model))
     np.testing.assert_allclose(to_numpy(model(x)), expected, atol=1e-5)

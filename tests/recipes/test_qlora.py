@@ -74,7 +74,7 @@ def test_float_merge_is_exact_and_requantized_merge_reports_the_difference(batch
     x, _, _ = batch
     model = trained_qlora_model(batch)
     adapter_logits = to_numpy(model(x))
-    result = QLoRA.merge(model, batch=x)
+    result = QLoRA().merge(model, batch=x)
     assert sorted(result["merged"]) == [
         f"decoder_block_{i}/{name}" for i in (0, 1)
         for name in ("attention/query", "ffw_gating")
@@ -89,7 +89,7 @@ def test_float_merge_is_exact_and_requantized_merge_reports_the_difference(batch
 
     model = trained_qlora_model(batch)
     with pytest.warns(UserWarning, match="requantizes"):
-        result = QLoRA.merge(model, requantize=True, batch=x)
+        result = QLoRA().merge(model, requantize=True, batch=x)
     assert len(quantized_layers(model)) == 14
     assert 0 < result["max_abs_logit_difference"] < 1.0
 
@@ -248,10 +248,10 @@ def test_frozen_residual_correction_trains_merges_and_reloads(batch, tmp_path, m
     load_adapter(fresh, tmp_path / "residual")
     np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
 
-    result = QLoRA.merge(fresh, batch=x)
+    result = QLoRA().merge(fresh, batch=x)
     assert result["max_abs_logit_difference"] < 1e-4
     with pytest.warns(UserWarning, match="requantizes"):
-        result = QLoRA.merge(model, requantize=True, batch=x)
+        result = QLoRA().merge(model, requantize=True, batch=x)
     assert 0 < result["max_abs_logit_difference"] < 1.0
     with pytest.raises(ValueError, match="residual_rank=-1"):
         QLoRA(residual_rank=-1)
