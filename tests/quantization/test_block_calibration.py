@@ -149,7 +149,8 @@ def test_streamed_quantization_equals_the_full_model_implementation(kind, mode, 
     for path, value in expected.items():
         if "codes" in path:
             # Integer codes: equal, but for a rare flip at a rounding boundary
-            # (the compiled block rounds float32 differently from the eager model).
+            # (the compiled block may round float32 differently from the eager
+            # model). Measured: 0 flips of 2,304-8,832 codes, jax and torch.
             assert np.mean(got[path] != value) <= 0.002, path
         else:
             np.testing.assert_allclose(got[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
