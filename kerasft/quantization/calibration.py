@@ -5,6 +5,10 @@ layer actually multiplies with its kernel matrix (`(K,)` vectors, contracted
 axes in kernel order). `collect_hessians` temporarily wraps the `call` of the
 chosen layers, runs the model on the batches, and accumulates `H` in float64.
 Padding positions (where the batch's `padding_mask` is False) are skipped.
+It runs the whole model once per call; the quantizers, the QLoRA residual fit
+and the sensitivity report instead stream through the decoder blocks once
+(`block_calibration.calibrate_blocks`), reusing `HessianAccumulator` and
+`input_rows` from here.
 """
 
 import contextlib
