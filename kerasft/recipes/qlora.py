@@ -169,7 +169,7 @@ class QLoRA(LoRA):
 
     merge_options = ("requantize",)
 
-    def merge(self, model, batch=None, requantize=False):
+    def merge(self, model=None, batch=None, requantize=False):
         """Folds every adapter into its layer and removes the wrappers (`Recipe.merge`).
 
         Args:

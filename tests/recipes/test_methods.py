@@ -45,6 +45,8 @@ class Method:
         identity_at_init: whether the adapted model starts equal to the base.
         mergeable: whether `merge_adapters` folds it into the kernels (a
             classifier's head stays: it is not an adapter).
+        folds: whether the recipe's `merge` folds an encoder into plain
+            weights instead (prompt and prefix methods; the wrappers stay).
         task: "lm" (train on next tokens, generate) or "classify" (train on
             labels, predict probabilities).
         learning_rate: for the few fit steps.
@@ -56,6 +58,7 @@ class Method:
     model_params: Callable = lambda sizes: 0
     identity_at_init: bool = True
     mergeable: bool = True
+    folds: bool = False
     task: str = "lm"
     learning_rate: float = 1e-2
 
@@ -129,6 +132,7 @@ METHODS = [
         model_params=lambda s: VIRTUAL_TOKENS * s.hidden,
         identity_at_init=False,
         mergeable=False,
+        folds=True,
         learning_rate=3e-2,
     ),
     Method(
@@ -141,6 +145,7 @@ METHODS = [
         + dense_params(ENCODER_WIDTH, s.hidden),
         identity_at_init=False,
         mergeable=False,
+        folds=True,
         learning_rate=3e-2,
     ),
     Method(
@@ -152,6 +157,7 @@ METHODS = [
         + dense_params(ENCODER_WIDTH, s.layers * 2 * s.kv_width),
         identity_at_init=False,
         mergeable=False,
+        folds=True,
         learning_rate=3e-2,
     ),
     Method(
@@ -302,6 +308,27 @@ def test_merge_gives_equal_outputs_and_leaves_no_adapter(trained):
     assert sum(int(np.prod(v.shape)) for v in kept) == trained.model_params
     assert trained.base_paths <= {v.path for v in model.weights}
     np.testing.assert_allclose(to_numpy(model(trained.x)), trained.trained_output, atol=1e-5)
+
+
+def test_the_merge_verb_gives_one_report_for_every_method(trained):
+    model = kerasft.load_adapter(testing.tiny_causal_lm(trained.kind), trained.adapter_dir)
+    recipe = trained.method.recipe()
+    wrapped = sorted(w.target_path for w in adapter_wrappers(model))
+    if not trained.method.mergeable and not trained.method.folds:
+        with pytest.raises(ValueError, match="cannot be merged"):
+            recipe.merge(model, batch=trained.x)
+        assert sorted(w.target_path for w in adapter_wrappers(model)) == wrapped
+        return
+    report = recipe.merge(model, batch=trained.x)
+    assert set(report) == {"merged", "max_abs_logit_difference"}
+    assert sorted(report["merged"]) == wrapped and wrapped
+    assert report["max_abs_logit_difference"] < 1e-4
+    np.testing.assert_allclose(to_numpy(model(trained.x)), trained.trained_output, atol=1e-4)
+    left = sorted(w.target_path for w in adapter_wrappers(model))
+    assert left == (wrapped if trained.method.folds else [])
+    assert recipe.merge(model) == {"merged": [], "max_abs_logit_difference": None}
+    with pytest.raises(ValueError, match=r"takes the options \[\] besides `batch`.*rank=2"):
+        recipe.merge(model, rank=2)
 
 
 def test_generate_after_training_is_greedy_decoding(trained):

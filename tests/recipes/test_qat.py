@@ -46,3 +46,25 @@ def test_config_round_trip_and_bad_group_size():
         QAT(mode="int4", group_size=64).apply(model)
     with pytest.raises(ValueError, match="mode='fp4'"):
         QAT(mode="fp4")
+
+
+def test_merge_is_the_conversion_and_merge_adapters_converts_too(batch):
+    import kerasft
+
+    x, _, _ = batch
+    for merge in ("verb", "merge_adapters"):
+        model = testing.tiny_causal_lm("gemma3")
+        recipe = QAT(mode="int8", group_size=None, targets=("query", "value"))
+        recipe.apply(model)
+        fake_logits = to_numpy(model(x))
+        if merge == "verb":
+            report = recipe.merge(model, batch=x)
+            assert report["max_abs_logit_difference"] < 1e-4
+            paths = report["merged"]
+        else:
+            paths = kerasft.merge_adapters(model)
+        assert len(paths) == 4 and not fake_quant_layers(model), merge
+        quantized = [layer.path for layer in iter_layers(model)
+                     if isinstance(layer, QuantizedEinsumDense)]
+        assert sorted(quantized) == sorted(paths)
+        np.testing.assert_allclose(to_numpy(model(x)), fake_logits, rtol=1e-5, atol=1e-5)

@@ -296,3 +296,15 @@ def test_qlora_accepts_numpy_integer_ranks():
     recipe = QLoRA(rank=np.int64(4), residual_rank=np.int64(2))
     assert (recipe.get_config()["rank"], recipe.get_config()["residual_rank"]) == (4, 2)
     assert type(recipe.get_config()["residual_rank"]) is int
+
+
+def test_the_static_merge_form_still_works_and_options_are_checked(batch):
+    x, _, _ = batch
+    model = trained_qlora_model(batch)
+    expected = to_numpy(model(x))
+    # kerasft/finetune/runner.py calls it on the class.
+    result = QLoRA.merge(model, requantize=False, batch=x)
+    assert len(result["merged"]) == 4 and result["max_abs_logit_difference"] < 1e-4
+    np.testing.assert_allclose(to_numpy(model(x)), expected, atol=1e-4)
+    with pytest.raises(TypeError, match="requantise"):
+        QLoRA().merge(model, requantise=True)
