@@ -24,15 +24,13 @@ from kerasft.evaluate.generation import (
 )
 from kerasft.evaluate.logits import model_logits
 from kerasft.evaluate.perplexity import perplexity
+from kerasft.evaluate.rouge import rouge_l, rouge_n, rouge_tokenize
 from kerasft.evaluate.text_metrics import (
     bleu,
     bleu_tokenize,
     describe_metrics,
     exact_match,
     normalize_answer,
-    rouge_l,
-    rouge_n,
-    rouge_tokenize,
     token_f1,
 )
 

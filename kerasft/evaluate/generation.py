@@ -8,14 +8,8 @@ import keras_hub
 import numpy as np
 
 from kerasft.evaluate._progress import Progress
-from kerasft.evaluate.text_metrics import (
-    bleu,
-    describe_metrics,
-    exact_match,
-    rouge_l,
-    rouge_n,
-    token_f1,
-)
+from kerasft.evaluate.rouge import rouge_l, rouge_n
+from kerasft.evaluate.text_metrics import bleu, describe_metrics, exact_match, token_f1
 
 
 def generate_and_score(
