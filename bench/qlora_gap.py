@@ -1,8 +1,9 @@
 """Where QLoRA's perplexity gap to LoRA comes from, on the main job's adapter.
 
 Puts the LoRA adapter trained on the float Gemma 3 270M (the main job,
-`recipes/sft_lora.py`, saved under `runs/sft_lora/adapter`) over a quantized
-base and prints the held-out response perplexity of the demo:
+`kerasft --config recipes/configs/sft_lora.yaml`, saved under
+`runs/sft_lora/adapter`) over a quantized base and prints the held-out
+response perplexity of the demo:
 
 1. NF4 on one group of decoder kernels at a time (by kind, then by block),
    with `kerasft.quantization.quantization_sensitivity`;
@@ -13,7 +14,7 @@ base and prints the held-out response perplexity of the demo:
 A QLoRA run trained on the quantized base lands close to row 2 (35.27 for
 rank 8 against 34.85 here), so the table is a quick stand-in for training.
 
-    python recipes/sft_lora.py                       # once, writes the adapter
+    python -m kerasft.finetune --config recipes/configs/sft_lora.yaml   # once, writes the adapter
     KERAS_BACKEND=jax python bench/qlora_gap.py --ranks 8 32
 """
 

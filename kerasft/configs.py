@@ -1,10 +1,11 @@
-"""Config files of the runnable scripts (`recipes/*.py`): read, override, validate.
+"""Run config files (`recipes/configs/`, run by `kerasft.finetune`): read, override, validate.
 
-A script declares the keys it reads as a schema and calls
-`load_script_config`; an unknown key (a typo, or a setting the script does
-not support such as `training.gradient_accumulation_steps` where it is not
-listed) or a missing required key raises a ValueError naming the file, the
-section and the valid keys, before any model is loaded.
+A program declares the keys it reads as a schema and calls
+`load_script_config` (`kerasft.finetune.load_config` does); an unknown key
+(a typo, or a setting the run does not support such as
+`training.gradient_accumulation_steps` where it is not listed) or a missing
+required key raises a ValueError naming the file, the section and the valid
+keys, before any model is loaded.
 
     SCHEMA = {
         "seed": None,                      # a plain value

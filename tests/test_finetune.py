@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kerasft import finetune
+from kerasft.targeting import adapter_wrappers
 
 CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("recipes", "configs").glob("*.yaml"))
 
@@ -61,11 +62,23 @@ def test_sft_lora_runs_on_the_tiny_model_and_trains(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_runs_on_the_tiny_model(path, tmp_path):
-    overrides = tiny_overrides(path, tmp_path)
+    config = finetune.load_config(path)
+    overrides = [*tiny_overrides(path, tmp_path), "check_reload=true"]
     result = finetune.main(["--config", str(path), *sum((["--set", o] for o in overrides), [])])
     after = result["after"]
     assert all(np.isfinite(v) for k, v in after.items() if k != "outputs")
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # Every method's adapter reloads onto a fresh base with the same outputs.
+    assert saved["reload_max_abs_difference"] < 1e-4
+    assert saved["training"]["rows"] > 0 and saved["training"]["tokens"] > 0
+    checkpoint = tmp_path / "run" / "checkpoint" / "training_checkpoint.safetensors"
+    assert checkpoint.is_file() == config["training"].get("checkpoint", False)
+    recipe = config["recipe"]
+    if recipe.get("residual_rank") or recipe.get("init") == "residual":
+        fit = saved["initialization"]
+        assert fit["mean_relative_error_after"] < fit["mean_relative_error_before"]
+    else:
+        assert "initialization" not in saved
 
 
 def test_unknown_keys_name_the_file_the_key_and_the_valid_keys(tmp_path):
@@ -82,3 +95,35 @@ def test_merge_is_refused_for_tasks_that_cannot_merge_and_score():
     path = pathlib.Path(__file__).parents[1] / "recipes" / "configs" / "continued_pretraining.yaml"
     with pytest.raises(ValueError, match="merge.*instruction"):
         finetune.load_config(path, ["merge.requantize=false"])
+
+
+def test_classifier_checks_the_reload_and_trains_on_the_rows_it_says(tmp_path, capsys):
+    path = pathlib.Path(__file__).parents[1] / "recipes" / "configs" / "classifier.yaml"
+    overrides = tiny_overrides(path, tmp_path)
+    result = finetune.main(["--config", str(path), *sum((["--set", o] for o in overrides), [])])
+    # classifier.yaml asks for the reload check: the head + LoRA reload exactly.
+    assert result["reload_max_abs_difference"] < 1e-5
+    assert result["training"]["rows"] == 12 and result["training"]["sequence_length"] == 16
+    printed = capsys.readouterr().out
+    assert "on 12 rows of 16 tokens" in printed
+    assert "Reloaded the adapter onto a fresh base: max |output difference|" in printed
+
+
+def test_calibration_data_the_recipe_would_ignore_names_the_config_key(tmp_path):
+    path = pathlib.Path(__file__).parents[1] / "recipes" / "configs" / "qlora.yaml"
+    overrides = [*tiny_overrides(path, tmp_path), "recipe.residual_rank=0"]
+    with pytest.raises(ValueError, match=r"calibration_data.*`data\.calibration_examples`=4; set it to null"):
+        finetune.main(["--config", str(path), *sum((["--set", o] for o in overrides), [])])
+
+
+def test_merge_runs_the_recipes_merge_verb_with_the_sections_options(tmp_path):
+    path = pathlib.Path(__file__).parents[1] / "recipes" / "configs" / "sft_lora.yaml"
+    # LoRA's merge takes no option: `requantize` is refused (naming the file), not ignored.
+    with pytest.raises(ValueError, match=r"LoRA\.merge takes the options \[\].*requantize=False.*`merge` section of .*sft_lora\.yaml"):
+        finetune.load_config(path, ["merge.requantize=false"])
+    overrides = [*tiny_overrides(path, tmp_path), "merge={}"]
+    result = finetune.main(["--config", str(path), *sum((["--set", o] for o in overrides), [])])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["merge"]["layers"] == 14  # attention + mlp kernels of 2 blocks
+    assert saved["merge"]["max_abs_logit_difference"] < 1e-4
+    assert not adapter_wrappers(result["model"])  # the wrappers are gone

@@ -11,13 +11,20 @@ section.key=value` overrides one (the value in YAML syntax).
     kerasft --config recipes/configs/qlora.yaml --set training.epochs=2
     kerasft --config recipes/configs/dora.yaml --set model.name=tiny   # seconds
 
-Sections (`?`: optional): `seed`, `output_dir`, `show_examples?`;
-`model`: `name?` (`gemma3-270m`, the default, or `tiny`: a random two-block
-Gemma 3 with the test tokenizer), `dtype?`; `data`: the task's keys (see
-`kerasft.finetune.tasks`); `recipe`: any recipe config; `training`:
-`batch_size`, `epochs`, `learning_rate`, `weight_decay?`,
-`gradient_accumulation_steps?`, `max_train_rows?`; `merge?`: `requantize?`
-(fold the adapters in after saving and report the logit change).
+Sections (`?`: optional): `seed`, `output_dir`, `show_examples?` (greedy
+generations printed before/after), `check_reload?` (load the saved adapter
+onto a fresh base and report the largest output difference on 8 held-out
+rows, `reload_max_abs_difference`); `model`: `name?` (`gemma3-270m`, the
+default, or `tiny`: a random two-block Gemma 3 with the test tokenizer),
+`dtype?`; `data`: the task's keys (see `kerasft.finetune.tasks`); `recipe`:
+any recipe config; `training`: `batch_size`, `epochs`, `learning_rate`,
+`weight_decay?`, `checkpoint?` (write a `kerasft.TrainingCheckpoint` under
+`output_dir/checkpoint`), `gradient_accumulation_steps?` (token tasks),
+`max_train_rows?` (text task); `merge?`: `requantize?` (fold the adapters in
+after saving and report the logit change). A recipe that fits the
+quantization error at `apply` (QLoRA with `residual_rank` or
+`init: residual`) has the fit's mean relative error before -> after printed
+and recorded.
 """
 
 from kerasft.finetune.runner import SCHEMA, load_config, main, run

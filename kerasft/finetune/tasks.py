@@ -33,6 +33,14 @@ TASK_KEYS = {
     "classification": ["sequence_length", "train_examples", "eval_split", "eval_examples"],
 }
 
+_TRAINING = ["batch_size", "epochs", "learning_rate", "weight_decay?", "checkpoint?"]
+TRAINING_KEYS = {
+    "instruction": [*_TRAINING, "gradient_accumulation_steps?"],
+    "text": [*_TRAINING, "gradient_accumulation_steps?", "max_train_rows?"],
+    # Arrays fit with Keras's own per-example loss: no token-normalised accumulation.
+    "classification": _TRAINING,
+}
+
 
 def task_name(config: dict) -> str:
     """`data.task`, or the task the recipe implies (`classification` for a classifier)."""
@@ -84,6 +92,10 @@ class Task:
         """Held-out scores (floats), plus `outputs` where the task generates text."""
         raise NotImplementedError
 
+    def probe_inputs(self, count: int = 8) -> dict:
+        """Model inputs of the first `count` held-out rows (for reload and merge checks)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """One line saying what was trained on and scored."""
         return ""
@@ -113,6 +125,9 @@ class InstructionTask(Task):
 
     def train_batches(self):
         return self._batches(self.train, self.training["batch_size"], shuffle=True)
+
+    def probe_inputs(self, count=8):
+        return self._batches(self.held_out[:count], count, shuffle=False)[0][0]
 
     def calibration_data(self):
         count = self.cfg.get("calibration_examples")
@@ -163,16 +178,22 @@ class TextTask(Task):
                                    self.training.get("max_train_rows"), self.seed)
         return batches.select(keep)
 
+    def _held_out_batches(self, split, batch_size):
+        text = data.load_shakespeare(split)[0][: self.cfg["eval_characters"]]
+        return data.packed_text_batches(
+            [text], self.tokenizer, sequence_length=self.cfg["sequence_length"],
+            batch_size=batch_size, shuffle=False,
+        )
+
     def evaluate(self, model):
         scores = {}
         for split, key in (("validation", "macbeth"), ("test", "comedy_of_errors")):
-            text = data.load_shakespeare(split)[0][: self.cfg["eval_characters"]]
-            batches = data.packed_text_batches(
-                [text], self.tokenizer, sequence_length=self.cfg["sequence_length"],
-                batch_size=self.training["batch_size"], shuffle=False,
-            )
+            batches = self._held_out_batches(split, self.training["batch_size"])
             scores[key] = evaluate.perplexity(model, batches, progress=False)["perplexity"]
         return scores
+
+    def probe_inputs(self, count=8):
+        return self._held_out_batches("validation", count)[0][0]
 
     def describe(self):
         return (f"Held-out plays (the first {self.cfg['eval_characters']:,} characters of each; "
@@ -212,6 +233,9 @@ class ClassificationTask(Task):
 
     def train_batches(self):
         return self.train
+
+    def probe_inputs(self, count=8):
+        return {key: value[:count] for key, value in self.held_out[0].items()}
 
     def evaluate(self, model):
         x, y = self.held_out

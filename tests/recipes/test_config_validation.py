@@ -3,14 +3,13 @@
 import json
 import pathlib
 import re
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 import kerasft
-from kerasft import configs, testing
+from kerasft import configs, finetune, testing
 from kerasft.data import SequenceBatches
 from kerasft.losses import TokenNormalizedBatches
 from kerasft.recipes import LoRA, QLoRA, recipe_from_config, recipe_from_file
@@ -91,63 +90,78 @@ def test_a_refused_argument_names_the_file(tmp_path):
         QLoRA.from_file(path)
 
 
-# The scripts' sections: recipes/*.py declare the keys they read.
+# The run configs: `kerasft.finetune.load_config` checks every section's keys.
 
-sys.path.insert(0, str(ROOT / "recipes"))
-import classifier as classifier_script  # noqa: E402
-import continued_pretraining as continued_pretraining_script  # noqa: E402
-import dora as dora_script  # noqa: E402
-import qlora as qlora_script  # noqa: E402
-import sft_lora as sft_lora_script  # noqa: E402
-
-SCRIPT_SCHEMAS = {
-    "sft_lora.yaml": sft_lora_script.CONFIG_SCHEMA,
-    "sft_lora_gpu.yaml": sft_lora_script.CONFIG_SCHEMA,
-    "qlora.yaml": qlora_script.QLORA_CONFIG_SCHEMA,
-    "classifier.yaml": classifier_script.CONFIG_SCHEMA,
-    "continued_pretraining.yaml": continued_pretraining_script.CONFIG_SCHEMA,
-    **{name: dora_script.CONFIG_SCHEMA for name in (
+# The task each shipped config runs (a new config is added here, with its task).
+SHIPPED_TASKS = {
+    "sft_lora.yaml": "instruction", "sft_lora_gpu.yaml": "instruction", "qlora.yaml": "instruction",
+    "classifier.yaml": "classification", "continued_pretraining.yaml": "text",
+    **{name: "instruction" for name in (
         "dora.yaml", "ia3.yaml", "adapters.yaml", "prefix_tuning.yaml", "prompt_tuning.yaml",
         "ptuning.yaml")},
 }
 
 
-def test_every_shipped_config_passes_its_scripts_schema():
+def test_every_shipped_config_passes_the_runners_schema():
     shipped = sorted(p.name for p in (ROOT / "recipes/configs").glob("*.yaml"))
-    assert shipped == sorted(SCRIPT_SCHEMAS)
-    for name, schema in SCRIPT_SCHEMAS.items():
-        configs.load_script_config(ROOT / "recipes/configs" / name, schema=schema)
+    assert shipped == sorted(SHIPPED_TASKS)
+    for name, task in SHIPPED_TASKS.items():
+        config = finetune.load_config(ROOT / "recipes/configs" / name)
+        assert finetune.tasks.task_name(config) == task, name
 
 
-def test_unknown_training_key_of_a_script_config_is_refused(tmp_path):
+def test_no_script_under_recipes_imports_another():
+    # recipes/ holds configs (run by `kerasft --config`) and at most showcase
+    # scripts that call the library: none is a library for the others.
+    scripts = sorted((ROOT / "recipes").rglob("*.py"))
+    names = {p.stem for p in scripts}
+    for script in scripts:
+        text = script.read_text()
+        imported = set(re.findall(r"^\s*(?:from|import)\s+(\w+)", text, flags=re.M))
+        assert "sys.path" not in text and not imported & names, script
+
+
+def test_unknown_training_key_of_a_run_config_is_refused(tmp_path):
     text = (ROOT / "recipes/configs/sft_lora.yaml").read_text()
     path = write(tmp_path, "sft.yaml", text.replace("  epochs: 1", "  epochs: 1\n  warmup_step: 3"))
     with pytest.raises(ValueError) as error:
-        configs.load_script_config(path, schema=sft_lora_script.CONFIG_SCHEMA)
+        finetune.load_config(path)
     message = str(error.value)
     assert "['training.warmup_step']" in message and str(path) in message
     assert "`training` section" in message and "'gradient_accumulation_steps'" in message
     # The classifier fits arrays and does not support accumulation: refused, not ignored.
     text = (ROOT / "recipes/configs/classifier.yaml").read_text()
     path = write(tmp_path, "c.yaml", text.replace("  epochs: 1", "  epochs: 1\n  gradient_accumulation_steps: 4"))
-    with pytest.raises(ValueError, match=r"\['training.gradient_accumulation_steps'\] in the `training` section of .*c.yaml"):
-        configs.load_script_config(path, schema=classifier_script.CONFIG_SCHEMA)
+    with pytest.raises(ValueError, match=r"\['training.gradient_accumulation_steps'\] in the `training` section of .*c.yaml.*classification task"):
+        finetune.load_config(path)
+    # Only the text task samples its training rows: elsewhere the key would be ignored.
+    with pytest.raises(ValueError, match=r"\['training.max_train_rows'\] .*instruction task"):
+        finetune.load_config(ROOT / "recipes/configs/dora.yaml", ["training.max_train_rows=8"])
+    config = finetune.load_config(ROOT / "recipes/configs/continued_pretraining.yaml",
+                                  ["training.max_train_rows=8"])
+    assert config["training"]["max_train_rows"] == 8
+
+
+def test_run_flags_must_be_booleans(tmp_path):
+    path = ROOT / "recipes/configs/classifier.yaml"
+    with pytest.raises(ValueError, match=r"`check_reload` must be true or false, in .*classifier.yaml.*Received: check_reload='yes please'"):
+        finetune.load_config(path, ["check_reload='yes please'"])
+    with pytest.raises(ValueError, match=r"`training.checkpoint` must be true or false.*Received: training.checkpoint=1"):
+        finetune.load_config(path, ["training.checkpoint=1"])
 
 
 def test_overrides_and_missing_keys_are_checked_too(tmp_path):
     path = ROOT / "recipes/configs/sft_lora.yaml"
     with pytest.raises(ValueError, match=r"\['training.gradient_accumulation_step'\] .*--set training.gradient_accumulation_step=2"):
-        configs.load_script_config(path, ["training.gradient_accumulation_step=2"],
-                                   sft_lora_script.CONFIG_SCHEMA)
+        finetune.load_config(path, ["training.gradient_accumulation_step=2"])
     with pytest.raises(ValueError, match=r"Unknown key \['ranke'\] for method 'lora' in the `recipe` section of"):
-        configs.load_script_config(path, ["recipe.ranke=2"], sft_lora_script.CONFIG_SCHEMA)
-    config = configs.load_script_config(path, ["training.gradient_accumulation_steps=2"],
-                                        sft_lora_script.CONFIG_SCHEMA)
+        finetune.load_config(path, ["recipe.ranke=2"])
+    config = finetune.load_config(path, ["training.gradient_accumulation_steps=2"])
     assert config["training"]["gradient_accumulation_steps"] == 2
     text = path.read_text().replace("  batch_size: 8\n", "")
     short = write(tmp_path, "short.yaml", text)
     with pytest.raises(ValueError, match=r"Missing key \['training.batch_size'\] in the `training` section"):
-        configs.load_script_config(short, schema=sft_lora_script.CONFIG_SCHEMA)
+        finetune.load_config(short)
 
 
 def test_accumulated_batches_train_one_optimizer_step_per_k_batches():
@@ -172,19 +186,20 @@ def test_accumulated_batches_train_one_optimizer_step_per_k_batches():
         configs.accumulated_batches(batches, "2")
 
 
-def test_main_job_train_fits_shuffled_batches_with_gradient_accumulation(tmp_path):
-    from kerasft.data import load_wordnet, sample_records
-
-    config = configs.apply_overrides(
-        read_config_file(ROOT / "recipes/configs/sft_lora.yaml"),
-        ["data.sequence_length=32", "training.batch_size=4", "training.gradient_accumulation_steps=2",
-         "recipe.targets=[query, value]", "recipe.rank=2", f"output_dir={tmp_path}"],
-    )
-    configs.check_config(config, sft_lora_script.CONFIG_SCHEMA, "test")
-    keras.utils.set_random_seed(0)
-    model = dora_script.load_model("tiny", 32)
-    records = sample_records(load_wordnet("validation"), 16, seed=0)
-    recipe = sft_lora_script.train(model, records, config)
+def test_main_job_fits_shuffled_batches_with_gradient_accumulation(tmp_path):
+    # The main job's config through the runner, on the tiny model: 16 examples in
+    # batches of 4 are 4 micro-batches, 2 per optimizer step.
+    result = finetune.main([
+        "--config", str(ROOT / "recipes/configs/sft_lora.yaml"),
+        *sum((["--set", o] for o in [
+            "model.name=tiny", "data.sequence_length=32", "data.train_examples=16",
+            "data.eval_examples=4", "data.generation_max_length=32", "training.batch_size=4",
+            "training.gradient_accumulation_steps=2", "recipe.targets=[query, value]",
+            "recipe.rank=2", "show_examples=0", f"output_dir={tmp_path}",
+        ]), []),
+    ])
+    recipe, model = result["recipe"], result["model"]
     assert isinstance(recipe, LoRA) and recipe.rank == 2
     assert int(model.optimizer.iterations) == 2  # 4 micro-batches, 2 per optimizer step
+    assert result["training"]["optimizer_steps"] == 2 and result["training"]["rows"] == 16
     assert model.preprocessor is not None  # restored for generate
