@@ -6,8 +6,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasft.quantization.calibration import calibration_inputs
-
 
 def model_logits(model: keras.Model, batch: Any) -> np.ndarray:
     """Float32 numpy logits of `model` on one batch.
@@ -23,4 +21,7 @@ def model_logits(model: keras.Model, batch: Any) -> np.ndarray:
     Returns:
         A float32 `(batch, sequence, vocabulary)` numpy array.
     """
+    # Imported here: kerasft.quantization imports kerasft.evaluate (perplexity).
+    from kerasft.quantization.calibration import calibration_inputs
+
     return np.asarray(ops.convert_to_numpy(ops.cast(model(calibration_inputs(batch)), "float32")))
