@@ -362,6 +362,11 @@ def _check_target_paths(saved, applied, directory):
 def _assign_saved_tensors(model, tensors):
     """Checks every key and shape, then assigns: nothing is assigned if anything misfits."""
     variables = _trained_tensors(model)
+    for key, variable in list(variables.items()):
+        # Files written before wrapper weights were keyed by their layer's
+        # path (IA3, DoRA, bottleneck, prefix) hold them under the variable's path.
+        if key not in tensors and variable.path in tensors:
+            variables[variable.path] = variables.pop(key)
     missing = sorted(set(variables) - set(tensors))
     unexpected = sorted(set(tensors) - set(variables))
     if missing or unexpected:

@@ -410,3 +410,45 @@ def test_saving_after_qat_conversion_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"merged into the base.*qat"):
         kerasft.save_adapter(model, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "make_recipe",
+    [
+        lambda: __import__("kerasft.recipes", fromlist=["IA3"]).IA3(),
+        lambda: LoRA(rank=2, targets=("query",), use_dora=True),
+        lambda: __import__("kerasft.recipes", fromlist=["Adapters"]).Adapters(bottleneck=2),
+    ],
+    ids=["ia3", "dora", "bottleneck"],
+)
+def test_wrapper_weights_are_keyed_by_their_layer_path_and_older_files_still_load(
+    make_recipe, batch, tmp_path
+):
+    from safetensors.numpy import load_file, save_file
+
+    from kerasft.tensor_files import tensor_sha256
+    from kerasft.targeting import adapter_wrappers, parent_path
+
+    x, _, _ = batch
+    model = testing.tiny_causal_lm("gemma3")
+    make_recipe().apply(model)
+    perturb(model)
+    expected = to_numpy(model(x))
+    kerasft.save_adapter(model, tmp_path / "new")
+    tensors = load_file(str(tmp_path / "new" / "adapter.safetensors"))
+    wrappers = adapter_wrappers(model)
+    assert {parent_path(key) for key in tensors} == {w.target_path for w in wrappers}
+    fresh = kerasft.load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path / "new")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+
+    # Files written before held these weights under their variable paths.
+    owned = {key: v for w in wrappers for key, v in w.adapter_weights().items()}
+    old = {owned[key].path: array for key, array in tensors.items()}
+    assert not set(old) & set(tensors)
+    (tmp_path / "old").mkdir()
+    save_file(old, str(tmp_path / "old" / "adapter.safetensors"), metadata={"format": "kerasft"})
+    config = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    config["weights_sha256"] = {key: tensor_sha256(array) for key, array in old.items()}
+    (tmp_path / "old" / "adapter_config.json").write_text(json.dumps(config))
+    fresh = kerasft.load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path / "old")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)

@@ -185,11 +185,6 @@ class LoRADense(LowRankAdapter):
 
     name_suffix = "lora"
 
-    def adapter_weights(self) -> dict[str, keras.Variable]:
-        # Keyed by the wrapped layer's path (`.../query/lora_a`), as LoRA
-        # adapter files always were.
-        return {f"{self.target_path}/{v.name}": v for v in super().adapter_weights().values()}
-
     def build(self, input_shape=None):
         self.build_low_rank_factors()
         self.built = True

@@ -4,6 +4,8 @@ from typing import Any
 
 import keras
 
+from kerasft.targeting import parent_path
+
 
 class AdapterWrapper(keras.layers.Layer):
     """A layer that wraps one existing layer and adds trainable weights to it.
@@ -39,15 +41,28 @@ class AdapterWrapper(keras.layers.Layer):
         self.applied_by = None
 
     def adapter_weights(self) -> dict[str, keras.Variable]:
-        """`{key: variable}` of the weights this wrapper adds to its layer.
+        """`{key: variable}` of everything an adapter file must hold for this wrapper.
 
-        These are what an adapter file must hold for this wrapper, trainable
-        or not (a later recipe may have frozen them; QLoRA's fitted
-        correction is never trained). The wrapped layer's own weights are
-        not included. Keys default to the variables' paths.
+        The weights this wrapper adds to its layer, trainable or not (a later
+        recipe may have frozen them; QLoRA's fitted correction is never
+        trained); the wrapped layer's own weights are not included (a wrapper
+        that trains them, as QAT's, overrides this). Keys name the layer the
+        weight changes: the wrapped layer's path plus the weight's path inside
+        the wrapper (`decoder_block_0/attention/key/ia3_vector`); a weight the
+        wrapper holds from elsewhere (a shared prefix provider) keeps its path.
         """
         wrapped = {id(variable) for variable in self.layer.weights}
-        return {v.path: v for v in self.weights if id(v) not in wrapped}
+        # `targeting.wrap_layers` builds the wrapper under the wrapped layer's parent.
+        scope = "/".join(part for part in (parent_path(self.target_path), self.name) if part)
+        weights = {}
+        for variable in self.weights:
+            if id(variable) in wrapped:
+                continue
+            key = variable.path
+            if key.startswith(scope + "/"):
+                key = self.target_path + key[len(scope):]
+            weights[key] = variable
+        return weights
 
     def merge(self) -> bool:
         """Folds the adapter into the wrapped layer's weights, in place.

@@ -111,7 +111,8 @@ def test_a_method_defined_outside_the_library_trains_saves_loads_and_merges(
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["method"] == "toy_channel_gain"
     assert sorted(config["target_paths"]) == targets
-    assert sorted(config["weights_sha256"]) == sorted(gains)
+    # Keyed by the path of the layer each gain changes, as every method's weights.
+    assert sorted(config["weights_sha256"]) == [f"{path}/gain" for path in targets]
 
     fresh = kerasft.load_adapter(testing.tiny_causal_lm(model_kind), tmp_path)
     np.testing.assert_allclose(to_numpy(fresh(x)), trained_output, atol=1e-6)
