@@ -21,13 +21,14 @@ import warnings
 import keras
 import numpy as np
 
-from kerasft.adapters import load_tensors, save_tensors
+from kerasft.optimizers import OptimizerStepSchedule, learning_rate_schedule, micro_batch_count
 from kerasft.run_fingerprint import (
     canonical_json,
     config_differences,
     training_config,
     training_fingerprint,
 )
+from kerasft.tensor_files import load_tensors, save_tensors
 
 CHECKPOINT_FILE = "training_checkpoint.safetensors"
 ON_MISMATCH = ("error", "restart", "resume")
@@ -51,16 +52,9 @@ def _checkpoint_variables(model):
     return variables
 
 
-def _innermost_optimizer(optimizer):
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
-
-
 def _micro_batches(optimizer):
-    # `_iterations` counts every micro-batch; `iterations` is divided by the
-    # accumulation steps. A LossScaleOptimizer delegates both to its inner one.
-    return int(keras.ops.convert_to_numpy(_innermost_optimizer(optimizer)._iterations))
+    # A LossScaleOptimizer delegates the counters to its inner optimizer.
+    return micro_batch_count(optimizer)
 
 
 def save_training_checkpoint(model, directory, epoch=0, batches=None, config=None):
@@ -133,9 +127,7 @@ def read_checkpoint_metadata(directory):
 
 def _schedule_end(optimizer):
     """The optimizer step at which the learning-rate schedule has ended, or None."""
-    from kerasft.optimizers import OptimizerStepSchedule
-
-    schedule = _innermost_optimizer(optimizer)._learning_rate
+    schedule = learning_rate_schedule(optimizer)
     if isinstance(schedule, OptimizerStepSchedule):
         schedule = schedule.schedule
     schedules = keras.optimizers.schedules

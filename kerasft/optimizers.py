@@ -1,4 +1,10 @@
-"""The optimizer and learning-rate schedule recipes compile with."""
+"""The optimizer and learning-rate schedule recipes compile with.
+
+This module is also the one place that reads Keras optimizer internals
+(Keras 3.15: the micro-batch counter `_iterations`, the `_learning_rate`
+schedule, `_use_weight_decay`); `micro_batch_count`, `learning_rate_schedule`
+and `drop_unused_weight_decay` are what other modules ask.
+"""
 
 import keras
 
@@ -151,3 +157,20 @@ def drop_unused_weight_decay(optimizer, trainable_variables):
     ):
         optimizer.weight_decay = None
     return optimizer
+
+
+def innermost_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer a `LossScaleOptimizer` (or a chain of them) wraps."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def micro_batch_count(optimizer: keras.optimizers.Optimizer) -> int:
+    """Micro-batches the optimizer has seen (`iterations` counts optimizer steps)."""
+    return int(keras.ops.convert_to_numpy(innermost_optimizer(optimizer)._iterations))
+
+
+def learning_rate_schedule(optimizer: keras.optimizers.Optimizer):
+    """The optimizer's learning rate as given: a schedule, a float or a variable."""
+    return innermost_optimizer(optimizer)._learning_rate

@@ -135,3 +135,17 @@ def test_user_schedule_is_evaluated_at_optimizer_steps_and_serializes():
     assert adamw(learning_rate=schedule)._learning_rate is schedule
     # Wrapping is not repeated.
     assert adamw(learning_rate=optimizer._learning_rate, gradient_accumulation_steps=4)._learning_rate is optimizer._learning_rate
+
+
+def test_micro_batch_count_and_schedule_see_through_loss_scaling():
+    from kerasft.optimizers import OptimizerStepSchedule, learning_rate_schedule, micro_batch_count
+
+    inner = adamw(learning_rate=1e-3, total_steps=4, gradient_accumulation_steps=2)
+    variable = keras.Variable(np.ones((2,), "float32"))
+    inner.build([variable])
+    for _ in range(3):
+        inner.apply([keras.ops.ones((2,))], [variable])
+    optimizer = keras.optimizers.LossScaleOptimizer(inner)
+    assert micro_batch_count(optimizer) == micro_batch_count(inner) == 3
+    assert int(keras.ops.convert_to_numpy(inner.iterations)) == 1  # one full optimizer step
+    assert isinstance(learning_rate_schedule(optimizer), OptimizerStepSchedule)

@@ -187,16 +187,12 @@ class PrefixAttention(AdapterWrapper):
         key, value = self.provider.prefix_for(self.layer_index)
         key = ops.convert_to_numpy(ops.cast(key, "float32"))
         value = ops.convert_to_numpy(ops.cast(value, "float32"))
-        tracker = self._tracker
-        was_locked = tracker.locked
-        tracker.unlock()
-        try:
+        from kerasft.targeting import unlocked_tracker
+
+        with unlocked_tracker(self) as tracker:
             tracker.untrack(self.provider)
             self.provider = None
             self.add_prefix_weights(key, value)
-        finally:
-            if was_locked:
-                tracker.lock()
         return True
 
     def compute_output_shape(self, input_shape):
