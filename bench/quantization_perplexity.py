@@ -195,6 +195,9 @@ def main():
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--calibration", default="gptq", choices=["gptq", "clip", "clip+gptq"])
     parser.add_argument("--only", default=None, help="comma-separated substrings of row labels")
+    parser.add_argument(
+        "--no-forward", action="store_true", help="skip timing the forward pass (no ratio column)"
+    )
     args = parser.parse_args()
 
     import keras
@@ -256,16 +259,18 @@ def main():
         flush=True,
     )
 
-    model = load()
-    forward_s, first_s = forward_seconds(model, calibration)
-    print(
-        f"one compiled forward pass over the calibration batches: {forward_s:.1f} s "
-        f"(the first, compiling: {first_s:.1f} s)",
-        flush=True,
-    )
-    del model
-    gc.collect()
-    keras.backend.clear_session()
+    forward_s = float("nan")
+    if not args.no_forward:
+        model = load()
+        forward_s, first_s = forward_seconds(model, calibration)
+        print(
+            f"one compiled forward pass over the calibration batches: {forward_s:.1f} s "
+            f"(the first, compiling: {first_s:.1f} s)",
+            flush=True,
+        )
+        del model
+        gc.collect()
+        keras.backend.clear_session()
 
     results = []
     float_ppl = None
