@@ -212,6 +212,18 @@ def replace_layer(model, old, new):
     return parent
 
 
+def replace_attribute(parent, attribute, old, new):
+    """Replaces `parent.<attribute>` (tracked as `old`) by `new`, keeping layer order.
+
+    The new layer takes the old one's slot in `parent._layers`, so the old
+    layer's variables are no longer part of the model.
+    """
+    with unlocked_tracker(parent) as tracker:
+        if tracker.is_in_store("layers", old):
+            tracker.replace_tracked_value("layers", old, new)
+        setattr(parent, attribute, new)
+
+
 def replace_in_graphs(model, old, new):
     """Points every functional graph inside `model` that calls `old` at `new`.
 
@@ -284,6 +296,23 @@ def wrap_layers(model, targets, make_wrapper):
         wrappers.append(wrapper)
     refresh_after_surgery(model)
     return wrappers
+
+
+def sublayers_in_order(layer):
+    """Every layer under `layer`, depth first in tracking (creation) order.
+
+    `iter_layers` (Keras's `_flatten_layers`) is breadth first.
+    """
+    ordered = []
+    for child in layer._layers:
+        ordered.append(child)
+        ordered.extend(sublayers_in_order(child))
+    return ordered
+
+
+def held_layers(layer):
+    """`{attribute: layer}` of every attribute of `layer` that holds a layer."""
+    return _held_layers(layer)
 
 
 def _held_layers(layer):

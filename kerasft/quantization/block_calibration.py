@@ -34,6 +34,7 @@ from kerasft.einsum import layer_equation, parse_equation
 from kerasft.evaluate._progress import Progress, no_grad
 from kerasft.models import architecture
 from kerasft.quantization.calibration import HessianAccumulator, calibration_inputs, input_rows
+from kerasft.targeting import iter_layers
 
 PROPAGATE = ("after", "before")
 
@@ -92,7 +93,7 @@ def calibrate_blocks(
             f"{len(layers_per_block)} lists for {len(blocks)} blocks"
         )
     for index, (block, layers) in enumerate(zip(blocks, layers_per_block)):
-        inside = {id(layer) for layer in block._flatten_layers(include_self=False)}
+        inside = {id(layer) for layer in iter_layers(block)}
         for layer in layers:
             if id(layer) not in inside:
                 raise ValueError(
@@ -281,7 +282,7 @@ def _structure_key(block, layers):
     quantization mode, ...), its place names left out, so two blocks share a
     key only when they compute the same function of their variables.
     """
-    sublayers = list(block._flatten_layers(include_self=True))
+    sublayers = list(iter_layers(block, include_self=True))
     parts = []
     for layer in sublayers:
         attributes = sorted(

@@ -27,7 +27,15 @@ from kerasft.quantization.gptq import gptq_quantize_matrix
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense, float_layer_spec
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
 from kerasft.quantization.quantizers import dequantize_matrix, quantize_matrix
-from kerasft.targeting import path_matches, replace_in_graphs, unlocked_tracker
+from kerasft.targeting import (
+    held_layers,
+    iter_layers,
+    path_matches,
+    refresh_after_surgery,
+    replace_in_graphs,
+    sublayers_in_order,
+    replace_attribute,
+)
 
 METHODS = ("rtn", "clip", "gptq", "clip+gptq")
 
@@ -63,54 +71,12 @@ def find_targets(block, targets=None):
         A list of `(parent, attribute_name, layer)` in the block's layer order.
     """
     found = []
-    for parent in block._flatten_layers(include_self=True):
-        names = list(vars(parent)) + list(getattr(parent, "_modules", {}) or {})
-        seen = set()
-        for name in names:
-            if name in seen or name.startswith("__"):
-                continue
-            seen.add(name)
-            value = getattr(parent, name, None)
-            if _is_float_dense(value) and _matches(value, targets):
+    for parent in iter_layers(block, include_self=True):
+        for name, value in held_layers(parent).items():
+            if not name.startswith("__") and _is_float_dense(value) and _matches(value, targets):
                 found.append((parent, name, value))
-    order = {id(layer): i for i, layer in enumerate(_depth_first(block))}
+    order = {id(layer): i for i, layer in enumerate(sublayers_in_order(block))}
     return sorted(found, key=lambda item: order.get(id(item[2]), len(order)))
-
-
-def _depth_first(layer):
-    """Sub-layers in call-definition order (`_flatten_layers` is not depth-first)."""
-    ordered = []
-    for child in layer._layers:
-        ordered.append(child)
-        ordered.extend(_depth_first(child))
-    return ordered
-
-
-def replace_layer(parent, attribute, old, new):
-    """Replaces `parent.<attribute>` (tracked as `old`) by `new`, keeping layer order.
-
-    The new layer takes the old one's slot in `parent._layers`, so the old
-    layer's variables are no longer part of the model.
-    """
-    with unlocked_tracker(parent) as tracker:
-        if tracker.is_in_store("layers", old):
-            tracker.replace_tracked_value("layers", old, new)
-        setattr(parent, attribute, new)
-
-
-def retrack_torch_variables(model):
-    """Rebuilds each layer's torch `ParameterDict` after layers were swapped (torch only)."""
-    if keras.backend.backend() != "torch":
-        return
-    for layer in model._flatten_layers():
-        if hasattr(layer, "_torch_params"):
-            layer._track_variables()
-
-
-def _reset_compiled_functions(model):
-    for name in ("train_function", "test_function", "predict_function", "generate_function"):
-        if hasattr(model, name):
-            setattr(model, name, None)
 
 
 def quantize_kernel(
@@ -276,7 +242,7 @@ def quantize_model(
                 asymmetric=asymmetric, double_quantize=double_quantize,
                 scale_dtype=scale_dtype, damp=damp,
             )
-            replace_layer(parent, attribute, layer, quantized)
+            replace_attribute(parent, attribute, layer, quantized)
             report.append(
                 {
                     "path": quantized.path,
@@ -297,8 +263,7 @@ def quantize_model(
             quantize_block(index, [None] * len(block_plan))
     if embedding:
         report.append(quantize_embedding(model))
-    retrack_torch_variables(model)
-    _reset_compiled_functions(model)
+    refresh_after_surgery(model)
     return report
 
 
@@ -333,7 +298,7 @@ def quantize_embedding(model):
     new = QuantizedEmbedding.from_float(old)
     # `token_embedding` is a keras-hub property over `_token_embedding`, and
     # the functional graphs of the backbone and the task call the layer.
-    replace_layer(architecture.backbone(model), "token_embedding", old, new)
+    replace_attribute(architecture.backbone(model), "token_embedding", old, new)
     replace_in_graphs(model, old, new)
     return {
         "path": new.path,

@@ -16,6 +16,7 @@ from kerasft.quantization.quantizers import validate_mode
 from kerasft.quantization.residual_init import low_rank_residual, weighted_error
 from kerasft.recipes.base import register_recipe
 from kerasft.recipes.lora import LoRA, lora_layers
+from kerasft.targeting import iter_layers
 
 INITS = ("zeros", "residual")
 
@@ -270,7 +271,7 @@ def start_from_residual(model, float_kernels, calibration_data=None, adapters=Tr
     # Quantized layers live in the decoder blocks only (see `quantize_model`).
     per_block = []
     for block in architecture.decoder_blocks(model):
-        inside = {id(layer) for layer in block._flatten_layers()}
+        inside = {id(layer) for layer in iter_layers(block)}
         per_block.append([w for w in wrappers if id(w.layer) in inside])
 
     def fit_block(index, hessians):

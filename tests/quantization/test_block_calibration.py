@@ -8,7 +8,8 @@ from kerasft.models import architecture
 from kerasft.quantization import QuantizedEinsumDense, quantize_model
 from kerasft.quantization.block_calibration import calibrate_blocks
 from kerasft.quantization.calibration import collect_hessians
-from kerasft.quantization.quantize_model import find_targets, quantize_kernel, replace_layer
+from kerasft.quantization.quantize_model import find_targets, quantize_kernel
+from kerasft.targeting import replace_attribute
 from kerasft.testing import random_token_batch, tiny_causal_lm
 
 
@@ -111,7 +112,7 @@ def reference_quantize(model, mode, method, **scheme):
         hessians = collect_hessians(model, [layer for _, _, layer in plan], data)
         for (parent, attribute, layer), hessian in zip(plan, hessians):
             quantized, _ = quantize_kernel(layer, mode, method=method, hessian=hessian, **scheme)
-            replace_layer(parent, attribute, layer, quantized)
+            replace_attribute(parent, attribute, layer, quantized)
 
 
 def quantized_values(model):
