@@ -1,305 +1,32 @@
-"""The `Recipe` contract: apply to a model, compile it for `fit()`, (de)serialise."""
+"""The `Recipe` contract: apply to a model, compile it for `fit()`, (de)serialise.
 
-import difflib
-import inspect
-import json
-import pathlib
-import re
-import weakref
+The registry and config files live in `kerasft.recipes.registry`, the record
+of applied recipes in `kerasft.recipes.applied`; their names are re-exported
+here, where recipes have always imported them from.
+"""
 
 import keras
 
 from kerasft import losses, optimizers
 from kerasft.recipes import precision
-from kerasft.targeting import adapter_wrappers
-
-_REGISTRY = {}
-
-
-def register_recipe(method):
-    """Class decorator: makes a recipe buildable from configs by `method` name."""
-
-    def decorator(cls):
-        cls.method = method
-        _REGISTRY[method] = cls
-        return cls
-
-    return decorator
-
-
-def _where(source, section):
-    """`" in the `recipe` section of path/to/file.yaml"`-style context for errors."""
-    place = f" in the `{section}` section" if section else ""
-    return place + (f" of {source}" if source else "")
-
-
-def recipe_from_config(config, source=None, section=None):
-    """Builds a recipe from `{"method": name, **arguments}`, strictly.
-
-    Every key must be an argument of the method's class: an unknown key
-    raises a ValueError listing the valid keys (a misspelt `ranke` would
-    otherwise be a bare `TypeError`, or silently ignored by a script).
-    Errors name `source` (the config file) and `section` when given.
-
-    Args:
-        config: the mapping (e.g. a config file's `recipe:` section).
-        source: where it was read from, for error messages (a path).
-        section: the name of the section holding it, for error messages.
-
-    Returns:
-        The recipe.
-
-    Raises:
-        ValueError: for a missing or unknown `method`, an unknown key, or an
-            argument the recipe refuses (its message, plus the file).
-    """
-    where = _where(source, section)
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"A recipe config must be a mapping with a `method` key{where}. "
-            f"Received: {type(config).__name__} {config!r}"
-        )
-    config = dict(config)
-    method = config.pop("method", None)
-    if method not in _REGISTRY:
-        raise ValueError(
-            f"Unknown recipe `method`{where}. Received: method={method!r}; known methods: "
-            f"{sorted(_REGISTRY)}"
-        )
-    return _build_recipe(_REGISTRY[method], method, config, source, section)
-
-
-def _build_recipe(cls, method, config, source, section):
-    where = _where(source, section)
-    parameters = {
-        name: parameter
-        for name, parameter in inspect.signature(cls.__init__).parameters.items()
-        if name != "self"
-    }
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    valid = sorted(name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
-    unknown = sorted(set(config) - set(parameters))
-    if unknown and not takes_any:
-        hints = {key: difflib.get_close_matches(key, valid, n=1) for key in unknown}
-        hint = "; ".join(f"did you mean {h[0]!r} for {key!r}?" for key, h in hints.items() if h)
-        raise ValueError(
-            f"Unknown key{'s' if len(unknown) > 1 else ''} {unknown} for method {method!r}"
-            f"{where}. Valid keys: {['method'] + valid}" + (f" ({hint})" if hint else "")
-        )
-    try:
-        return cls(**config)
-    except (TypeError, ValueError) as error:
-        if not source:
-            raise
-        prefix = f"{section}." if section else ""
-        nulls = [
-            key for key, value in config.items()
-            if value is None and key in parameters
-            and parameters[key].default not in (None, inspect.Parameter.empty)
-        ]
-        hint = "".join(
-            f" `{prefix}{key}` is empty (null); remove it to use the default "
-            f"{parameters[key].default!r}." for key in nulls
-        )
-        raise ValueError(f"Bad {method!r} recipe{where}: {error}{hint}") from error
-
-
-def _yaml_loader():
-    import yaml
-
-    class ConfigLoader(yaml.SafeLoader):
-        """YAML 1.1 plus YAML 1.2's floats: `1e-3` is a float, not the string '1e-3'."""
-
-    ConfigLoader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."),
-    )
-    return ConfigLoader
-
-
-def parse_yaml(text, source=None):
-    """Parses YAML text as config files are read (`1e-3` is a float, as in YAML 1.2 and JSON).
-
-    Args:
-        text: the YAML text (a whole file, or one `--set` value).
-        source: where it came from, named in a parse error.
-
-    Raises:
-        ValueError: for text that is not valid YAML, naming `source`.
-    """
-    import yaml
-
-    try:
-        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as error:
-        raise ValueError(f"Could not parse {source or 'YAML text'}: {error}") from error
-
-
-def read_config_file(path):
-    """Reads a YAML (`.yaml`/`.yml`) or JSON config file into a dict.
-
-    YAML scientific notation without a dot (`1e-3`) reads as a float, as it
-    does in JSON and YAML 1.2 (plain YAML 1.1 would give the string '1e-3').
-
-    Raises:
-        FileNotFoundError: if there is no file at `path`.
-        ValueError: for another suffix, a parse error or a file that does not
-            hold a mapping, naming the file.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No config file at `path`. Received: path={str(path)!r}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        config = parse_yaml(text, source=f"config file {str(path)!r}")
-    elif path.suffix == ".json":
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"Could not parse config file {str(path)!r}: {error}") from error
-    else:
-        raise ValueError(
-            "Config files must end in .yaml, .yml or .json. "
-            f"Received: path={str(path)!r}"
-        )
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"A config file must hold a mapping. Received: {type(config).__name__} in {path}"
-        )
-    return config
-
-
-def recipe_from_file(path):
-    """Builds a recipe from a config file's `recipe:` section (or the whole file)."""
-    config = read_config_file(path)
-    if "recipe" in config:
-        return recipe_from_config(config["recipe"], source=str(path), section="recipe")
-    return recipe_from_config(config, source=str(path), section=None)
-
-
-def freeze_all(model):
-    """Makes every variable of `model` non-trainable, leaving layers' flags on.
-
-    Layers stay `trainable=True` so that adapters added under them later are
-    still collected into `model.trainable_variables`.
-    """
-    model.trainable = True
-    for variable in model.variables:
-        variable.trainable = False
-
-
-class AppliedRecipe:
-    """One recipe applied to a model: its config, the wrappers it put in, what it trained.
-
-    Attributes:
-        config: the recipe's `get_config()` when it was applied.
-        target_paths: the paths of the layers it wrapped, in model order.
-        trained_paths: the paths of the variables trainable right after it
-            was applied (a later recipe may freeze them; they are still its
-            result and are saved with it).
-    """
-
-    def __init__(self, recipe, config, wrappers, trained_paths):
-        self.recipe = recipe
-        self.config = config
-        self.target_paths = [wrapper.target_path for wrapper in wrappers]
-        self.trained_paths = list(trained_paths)
-        # Weak: a merged wrapper is dropped by the model and need not be kept.
-        self._wrappers = [weakref.ref(wrapper) for wrapper in wrappers]
-
-    def wrappers(self) -> list:
-        """The wrappers this recipe put in that still exist (merged ones may not)."""
-        return [w for w in (ref() for ref in self._wrappers) if w is not None]
-
-    def describe(self) -> dict:
-        """`{"recipe": config, "target_paths": [...]}`, as adapter files store it."""
-        return {"recipe": self.config, "target_paths": list(self.target_paths)}
-
-    def __repr__(self):
-        return f"{self.config.get('method')} at paths {self.target_paths}"
-
-
-def mark_applied(
-    model: keras.Model,
-    recipe: "Recipe",
-    applied_on: keras.Model | None = None,
-    replacing: list | None = None,
-) -> None:
-    """Records `recipe` on `model`, on top of the recipes applied before it.
-
-    The record (see `applied_recipes`) is what `save_adapter` writes and
-    `load_adapter` re-applies in order. The new entry claims every adapter
-    wrapper in `model` that no earlier entry claims.
-
-    Args:
-        model: the model `recipe.apply` returns.
-        recipe: the recipe just applied.
-        applied_on: for a recipe that builds a new model around the one it
-            was given (`Classifier`), that given model: its record carries
-            over, less the entries of recipes `recipe` holds (its `base`,
-            which it re-applies itself).
-        replacing: wrappers claimed by an earlier entry that `recipe` now
-            describes instead (folding a prefix provider into the layers);
-            that entry is replaced in place.
-    """
-    source = model if applied_on is None else applied_on
-    entries = list(applied_recipes(source))
-    if applied_on is not None:
-        held = [value for value in vars(recipe).values() if isinstance(value, Recipe)]
-        entries = [entry for entry in entries if not any(entry.recipe is r for r in held)]
-    claimed = {id(wrapper) for entry in entries for wrapper in entry.wrappers()}
-    new = [wrapper for wrapper in adapter_wrappers(model) if id(wrapper) not in claimed]
-    trained = [variable.path for variable in model.trainable_variables]
-    replaced = {id(wrapper) for wrapper in replacing or ()}
-    index = next(
-        (i for i, entry in enumerate(entries)
-         if any(id(wrapper) in replaced for wrapper in entry.wrappers())),
-        None,
-    )
-    if index is None:
-        entries.append(AppliedRecipe(recipe, recipe.get_config(), new, trained))
-    else:
-        wrappers = entries[index].wrappers() + new
-        entries[index] = AppliedRecipe(recipe, recipe.get_config(), wrappers, trained)
-        new = wrappers
-    for wrapper in new:
-        wrapper.applied_by = recipe.method
-    # object.__setattr__ keeps this plain list out of Keras's state tracking.
-    object.__setattr__(model, "_kerasft_recipes", entries)
-
-
-def applied_recipes(model: keras.Model) -> list[AppliedRecipe]:
-    """The `AppliedRecipe` entries of `model`, oldest first (merged ones included)."""
-    return list(getattr(model, "_kerasft_recipes", ()))
-
-
-def restore_applied_recipes(model: keras.Model, entries: list[AppliedRecipe]) -> None:
-    """Sets `model`'s record back to `entries` (from `applied_recipes`), e.g. after a failed load."""
-    object.__setattr__(model, "_kerasft_recipes", list(entries))
-
-
-def split_merged_recipes(model: keras.Model) -> tuple[list[AppliedRecipe], list[AppliedRecipe]]:
-    """`(merged, live)`: the applied recipes now part of the base, and those after them.
-
-    A recipe is merged when some wrapper it put in is gone from the model
-    (`Recipe.merge`, `kerasft.merge_adapters` fold wrappers into the base). Everything applied up to the last merged recipe is then part of
-    the base; what follows is live and is what `save_adapter` saves.
-    """
-    entries = applied_recipes(model)
-    present = {id(wrapper) for wrapper in adapter_wrappers(model)}
-    last = -1
-    for index, entry in enumerate(entries):
-        alive = [w for w in entry.wrappers() if id(w) in present]
-        if len(alive) < len(entry.target_paths):
-            last = index
-    return entries[: last + 1], entries[last + 1 :]
-
-
-def applied_recipe_config(model):
-    """The config of the last recipe applied to `model`, or None."""
-    entries = applied_recipes(model)
-    return entries[-1].config if entries else None
+from kerasft.recipes.applied import (  # noqa: F401  (re-exported)
+    AppliedRecipe,
+    applied_recipe_config,
+    applied_recipes,
+    freeze_all,
+    mark_applied,
+    restore_applied_recipes,
+    split_merged_recipes,
+)
+from kerasft.recipes.registry import (  # noqa: F401  (re-exported)
+    build_recipe,
+    config_location,
+    parse_yaml,
+    read_config_file,
+    recipe_from_config,
+    recipe_from_file,
+    register_recipe,
+)
 
 
 class Recipe:
@@ -470,10 +197,10 @@ class Recipe:
         if method != cls.method:
             raise ValueError(
                 f"{cls.__name__} cannot be built from a config for another method"
-                f"{_where(path, section)}. Received: method={method!r}"
+                f"{config_location(path, section)}. Received: method={method!r}"
             )
         config.pop("method", None)
-        return _build_recipe(cls, method, config, str(path), section)
+        return build_recipe(cls, method, config, str(path), section)
 
     def __repr__(self):
         arguments = ", ".join(
