@@ -169,10 +169,8 @@ def check_not_wrapped(model: keras.Model, targets: tuple[str, ...]) -> None:
 
 def find_parent(model, layer):
     """Returns `(parent, attribute_name)` holding `layer` as an attribute."""
-    for parent in model._flatten_layers(include_self=True):
-        # The torch backend keeps sub-layers in `nn.Module._modules`.
-        attributes = {**vars(parent), **vars(parent).get("_modules", {})}
-        for name, value in attributes.items():
+    for parent in iter_layers(model, include_self=True):
+        for name, value in held_layers(parent).items():
             if value is layer and not name.startswith("_"):
                 return parent, name
     raise ValueError(
@@ -312,11 +310,6 @@ def sublayers_in_order(layer):
 
 def held_layers(layer):
     """`{attribute: layer}` of every attribute of `layer` that holds a layer."""
-    return _held_layers(layer)
-
-
-def _held_layers(layer):
-    """`{attribute: layer}` of every attribute of `layer` that holds a layer."""
     attributes = {**vars(layer), **vars(layer).get("_modules", {})}  # torch: `_modules`
     return {
         name: value for name, value in attributes.items()
@@ -336,7 +329,7 @@ def undo_surgery_on_error(model: keras.Model):
     variables only once nothing can fail any more.
     """
     layers = list(model._flatten_layers(include_self=True))
-    attributes = [(layer, _held_layers(layer)) for layer in layers]
+    attributes = [(layer, held_layers(layer)) for layer in layers]
     stores = [
         (layer, {name: (list(store), set(layer._tracker.stored_ids[name]))
                  for name, (_, store) in layer._tracker.config.items()})
