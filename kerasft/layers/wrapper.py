@@ -39,6 +39,14 @@ class AdapterWrapper(keras.layers.Layer):
         # The method of the recipe that put this wrapper here (`mark_applied`
         # sets it), for error messages.
         self.applied_by = None
+        # `kerasft.adapters_disabled` switches this off: the wrapper then
+        # runs as its wrapped layer alone (the frozen base).
+        self.adapter_enabled = True
+
+    def __call__(self, *args, **kwargs):
+        if not self.adapter_enabled:
+            return self.layer(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def adapter_weights(self) -> dict[str, keras.Variable]:
         """`{key: variable}` of everything an adapter file must hold for this wrapper.
