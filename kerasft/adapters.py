@@ -3,7 +3,7 @@
 An adapter directory holds two files:
 - `adapter.safetensors`: the trained tensors, keyed by layer path
   (`decoder_block_3/attention/query/lora_a`), never by position;
-- `adapter_config.json`: the applied recipes in order (`recipes`: each
+- `kerasft_adapter.json`: the applied recipes in order (`recipes`: each
   config, with the exact paths of the layers it wrapped), the recipes
   already merged into the base it was trained on (`base_merged`), the
   SHA-256 of each saved tensor, the quantized layers of the adapted model,
@@ -16,6 +16,12 @@ it wrapped (`kerasft.recipes.base.applied_recipes`); a later recipe freezes
 what the earlier ones trained and must not target layers they wrapped. Saving
 writes every recipe's weights and config; loading re-applies each in order,
 aimed at its own layers, so each adapter keeps its own settings.
+
+The config file was named `adapter_config.json` before; that is PEFT's name
+(PEFT cannot read kerasft's contents), so it is now `kerasft_adapter.json`
+and old folders are still read. `kerasft.export.peft` writes and reads
+PEFT's own format. `adapter_state` / `apply_adapter_state` are the same
+save and load without files (named adapters keep adapters in memory).
 """
 
 import hashlib
@@ -24,6 +30,7 @@ import os
 import pathlib
 
 import keras
+import numpy as np
 
 from kerasft.quantization.quantized_dense import QuantizedEinsumDense
 from kerasft.quantization.quantized_embedding import QuantizedEmbedding
@@ -38,7 +45,9 @@ from kerasft.targeting import adapter_wrappers, iter_layers, undo_surgery_on_err
 from kerasft.tensor_files import atomic_write, load_tensors, save_tensors  # noqa: F401 (re-exported)
 
 WEIGHTS_FILE = "adapter.safetensors"
-CONFIG_FILE = "adapter_config.json"
+CONFIG_FILE = "kerasft_adapter.json"
+# The name folders written before had: PEFT's, with contents PEFT cannot read.
+LEGACY_CONFIG_FILE = "adapter_config.json"
 FORMAT_VERSION = 2
 # Settings that do not change which weights fit where.
 _FINGERPRINT_IGNORED_KEYS = ("name", "trainable", "dtype")
@@ -107,22 +116,20 @@ def _describe(entries):
     return [entry.describe() for entry in entries]
 
 
-def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Path:
-    """Saves the weights and configs of every recipe applied to `model`.
+def adapter_state(model: keras.Model, directory: str | os.PathLike | None = None
+                  ) -> tuple[dict, dict[str, np.ndarray]]:
+    """`(config, tensors)` that `save_adapter` writes, without writing them.
 
     Args:
-        model: a model kerasft recipes were applied to (one or several, in
-            order; see the module docstring).
-        directory: created if missing; existing adapter files are replaced
-            atomically.
+        model: a model kerasft recipes were applied to.
+        directory: only named in error messages.
 
     Returns:
-        The path of the directory.
+        The adapter config (the contents of `kerasft_adapter.json`, less the
+        weights' SHA-256) and `{key: array}` of the trained tensors (copies).
 
     Raises:
-        ValueError: if no recipe was applied, or if what was applied was
-            merged into the base since (nothing is left to save: save before
-            merging); nothing is written then.
+        ValueError: as `save_adapter`.
     """
     from kerasft import __version__
 
@@ -149,9 +156,7 @@ def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Pa
             "left to save; save the adapter before merging. Nothing was written. "
             f"Received: directory={str(directory)!r}"
         )
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = _trained_tensors(model, live)
+    variables = _trained_tensors(model, live)
     wrappers = [w for entry in live for w in entry.wrappers()]
     config = {
         "format_version": FORMAT_VERSION,
@@ -162,32 +167,96 @@ def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Pa
         "target_paths": [w.target_path for w in wrappers],
         "ranks": {w.target_path: w.rank for w in wrappers if hasattr(w, "rank")},
         "quantized_layers": quantized_layers(model),
-        "dtype": str(next(iter(tensors.values())).dtype) if tensors else None,
+        "dtype": str(next(iter(variables.values())).dtype) if variables else None,
         "kerasft_version": __version__,
         "base_model_class": type(model).__name__,
         "base_model_fingerprint": base_model_fingerprint(model),
         "base_model_config": base_model_config(model),
     }
+    tensors = {key: np.array(keras.ops.convert_to_numpy(v)) for key, v in variables.items()}
+    return config, tensors
+
+
+def save_adapter(model: keras.Model, directory: str | os.PathLike) -> pathlib.Path:
+    """Saves the weights and configs of every recipe applied to `model`.
+
+    Args:
+        model: a model kerasft recipes were applied to (one or several, in
+            order; see the module docstring).
+        directory: created if missing; existing adapter files are replaced
+            atomically.
+
+    Returns:
+        The path of the directory.
+
+    Raises:
+        ValueError: if no recipe was applied, or if what was applied was
+            merged into the base since (nothing is left to save: save before
+            merging); nothing is written then.
+    """
+    config, tensors = adapter_state(model, directory)
+    write_adapter_state(config, tensors, directory)
+    return pathlib.Path(directory)
+
+
+def write_adapter_state(config: dict, tensors: dict, directory: str | os.PathLike) -> None:
+    """Writes an `adapter_state` as an adapter directory (`save_adapter`'s files)."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(config)
     config["weights_sha256"] = save_tensors(
         tensors, directory / WEIGHTS_FILE, metadata={"format": "kerasft"}
     )
     text = json.dumps(config, indent=2, sort_keys=True)
     atomic_write(directory / CONFIG_FILE, lambda tmp: pathlib.Path(tmp).write_text(text))
-    return directory
+    # A config left under the old (PEFT's) name would describe other weights.
+    legacy = directory / LEGACY_CONFIG_FILE
+    if legacy.is_file() and _is_kerasft_config(legacy):
+        legacy.unlink()
+
+
+def _is_kerasft_config(path):
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and "recipe" in config
+
+
+def adapter_config_path(directory: str | os.PathLike) -> pathlib.Path:
+    """The kerasft config file of an adapter directory (`kerasft_adapter.json`,
+    or `adapter_config.json` in folders written before the rename).
+
+    Raises:
+        FileNotFoundError: if the directory has neither; naming a PEFT
+            adapter (`kerasft.export.peft.load_peft_adapter` reads those).
+    """
+    directory = pathlib.Path(directory)
+    path = directory / CONFIG_FILE
+    if path.is_file():
+        return path
+    legacy = directory / LEGACY_CONFIG_FILE
+    if legacy.is_file():
+        if _is_kerasft_config(legacy) or not (directory / "adapter_model.safetensors").is_file():
+            return legacy
+        raise FileNotFoundError(
+            f"{directory} holds a PEFT adapter ({LEGACY_CONFIG_FILE} + adapter_model.safetensors), "
+            "not a kerasft one; load it with `kerasft.export.peft.load_peft_adapter`. "
+            f"Received: directory={str(directory)!r}"
+        )
+    raise FileNotFoundError(
+        f"No {CONFIG_FILE} in the adapter directory. Received: directory={str(directory)!r}"
+    )
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict:
-    """Reads `adapter_config.json` from an adapter directory.
+    """Reads the kerasft config (`kerasft_adapter.json`) of an adapter directory.
 
     Raises:
         FileNotFoundError: if the directory has none.
         ValueError: if it is not a JSON object, naming the file.
     """
-    path = pathlib.Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No {CONFIG_FILE} in the adapter directory. Received: directory={str(directory)!r}"
-        )
+    path = adapter_config_path(directory)
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -317,6 +386,20 @@ def load_adapter(model: keras.Model, directory: str | os.PathLike) -> keras.Mode
     directory = pathlib.Path(directory)
     config = read_adapter_config(directory)
     tensors = load_tensors(directory / WEIGHTS_FILE, sha256=config.get("weights_sha256"))
+    return apply_adapter_state(model, config, tensors, directory)
+
+
+def apply_adapter_state(model: keras.Model, config: dict, tensors: dict,
+                        source: str | os.PathLike = "<memory>") -> keras.Model:
+    """`load_adapter` from an `adapter_state` in memory (same checks and result).
+
+    Args:
+        model: the base model, as for `load_adapter`.
+        config: an adapter config (`adapter_state(...)[0]` or a read file).
+        tensors: `{key: array}` of the adapter's tensors.
+        source: where they came from, named in error messages.
+    """
+    directory = pathlib.Path(source)
     check_base_model(model, config)
     _check_model_state(model, config, directory)
     saved_quantized = config.get("quantized_layers")
@@ -328,7 +411,7 @@ def load_adapter(model: keras.Model, directory: str | os.PathLike) -> keras.Mode
     try:
         recipes = [_pinned(description) for description in saved_recipes(config)]
     except (TypeError, ValueError) as error:
-        raise type(error)(f"{directory / CONFIG_FILE}: {error}") from error
+        raise type(error)(f"{directory}: {error}") from error
 
     record = applied_recipes(model)
     base = model

@@ -34,7 +34,7 @@ def test_save_then_load_into_a_fresh_model_gives_equal_outputs(model_kind, batch
     x, _, _ = batch
     expected = to_numpy(model(x))
     kerasft.save_adapter(model, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "kerasft_adapter.json").read_text())
     assert config["method"] == "lora"
     assert config["recipe"]["alpha"] == recipe.alpha
     assert config["recipe"]["use_rslora"] == recipe.use_rslora
@@ -134,7 +134,7 @@ def structure(model):
 
 
 def edit_config(directory, change):
-    path = directory / "adapter_config.json"
+    path = directory / "kerasft_adapter.json"
     config = json.loads(path.read_text())
     change(config)
     path.write_text(json.dumps(config))
@@ -214,7 +214,7 @@ def test_lora_then_ia3_saves_and_reloads_with_equal_outputs(model_kind, batch, t
     perturb(model, seed=2)
     expected = to_numpy(model(x))
     kerasft.save_adapter(model, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "kerasft_adapter.json").read_text())
     assert [entry["recipe"]["method"] for entry in config["recipes"]] == ["lora", "ia3"]
     assert "rank_pattern" not in config["recipes"][1]["recipe"]
     fresh = kerasft.load_adapter(testing.tiny_causal_lm(model_kind), tmp_path)
@@ -292,12 +292,12 @@ def test_files_are_written_with_the_process_umask(tmp_path, umask):
         save_tensors({"step": np.zeros(())}, tmp_path / "checkpoint.safetensors")
     finally:
         os.umask(previous)
-    for name in ("adapter.safetensors", "adapter_config.json", "checkpoint.safetensors"):
+    for name in ("adapter.safetensors", "kerasft_adapter.json", "checkpoint.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_stale_temp_files_of_a_killed_write_are_removed_on_the_next_save(tmp_path):
-    stale = [tmp_path / ".adapter.safetensors.k1ll3d.tmp", tmp_path / ".adapter_config.json.x.tmp"]
+    stale = [tmp_path / ".adapter.safetensors.k1ll3d.tmp", tmp_path / ".kerasft_adapter.json.x.tmp"]
     for path in stale:
         path.write_bytes(b"\0" * 4096)
     other = tmp_path / ".notes.txt.abc.tmp"
@@ -306,7 +306,7 @@ def test_stale_temp_files_of_a_killed_write_are_removed_on_the_next_save(tmp_pat
     assert not any(path.exists() for path in stale)
     assert other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [".notes.txt.abc.tmp", "adapter.safetensors", "adapter_config.json"]
+        [".notes.txt.abc.tmp", "adapter.safetensors", "kerasft_adapter.json"]
     )
 
 
@@ -340,7 +340,7 @@ def test_loading_onto_an_adapted_model_says_it_has_a_recipe_applied(tmp_path):
 
 def test_unreadable_adapter_files_are_named(tmp_path):
     kerasft.save_adapter(trained_lora_model("gemma", LoRA()), tmp_path)
-    config = tmp_path / "adapter_config.json"
+    config = tmp_path / "kerasft_adapter.json"
     text = config.read_text()
     config.write_text(text[:-20])
     with pytest.raises(ValueError, match=re.escape(str(config))):
@@ -447,8 +447,31 @@ def test_wrapper_weights_are_keyed_by_their_layer_path_and_older_files_still_loa
     assert not set(old) & set(tensors)
     (tmp_path / "old").mkdir()
     save_file(old, str(tmp_path / "old" / "adapter.safetensors"), metadata={"format": "kerasft"})
-    config = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "new" / "kerasft_adapter.json").read_text())
     config["weights_sha256"] = {key: tensor_sha256(array) for key, array in old.items()}
-    (tmp_path / "old" / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "old" / "kerasft_adapter.json").write_text(json.dumps(config))
     fresh = kerasft.load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path / "old")
     np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+
+
+def test_folders_with_the_old_config_name_still_load_and_peft_folders_are_named(tmp_path):
+    """kerasft's config was `adapter_config.json` (PEFT's name) before; it is still read."""
+    model = trained_lora_model("gemma", LoRA())
+    x, _, _ = testing.random_token_batch()
+    expected = to_numpy(model(x))
+    kerasft.save_adapter(model, tmp_path / "old")
+    assert not (tmp_path / "old" / "adapter_config.json").exists()
+    (tmp_path / "old" / "kerasft_adapter.json").rename(tmp_path / "old" / "adapter_config.json")
+    fresh = kerasft.load_adapter(testing.tiny_causal_lm("gemma"), tmp_path / "old")
+    np.testing.assert_array_equal(to_numpy(fresh(x)), expected)
+    # Saving again into the old folder leaves one config, under the new name.
+    kerasft.save_adapter(model, tmp_path / "old")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [
+        "adapter.safetensors", "kerasft_adapter.json"]
+
+    peft_folder = tmp_path / "peft"
+    peft_folder.mkdir()
+    (peft_folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (peft_folder / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="PEFT adapter.*load_peft_adapter"):
+        kerasft.load_adapter(testing.tiny_causal_lm("gemma"), peft_folder)
