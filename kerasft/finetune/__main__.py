@@ -1,6 +1,6 @@
-"""`python -m kerasft.finetune`: see `kerasft.finetune`."""
+"""`python -m kerasft.finetune`: the `kerasft` command line (see `kerasft.finetune.cli`)."""
 
-from kerasft.finetune.runner import main
+from kerasft.finetune.cli import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -19,6 +19,7 @@ later blocks compensate for the error of earlier ones (sequential GPTQ).
 
 import keras
 
+from kerasft.evaluate._progress import Progress
 from kerasft.models import architecture
 from kerasft.quantization.block_calibration import calibrate_blocks
 from kerasft.quantization.calibration import calibration_batches, relative_output_error
@@ -186,8 +187,8 @@ def quantize_model(
         embedding: also quantize the (tied) token embedding table to int8
             with one scale per row (`QuantizedEmbedding`), whatever `mode`;
             it serves both the lookup and the output logits.
-        progress: show a progress bar over the decoder blocks while
-            calibrating.
+        progress: show a progress bar over the decoder blocks (while
+            calibrating, and while rounding without calibration data).
 
     Returns:
         A list with one dict per quantized layer: `path`, `mode`,
@@ -267,8 +268,11 @@ def quantize_model(
             quantize_block, propagate="after", progress=progress,
         )
     else:
+        # Round-to-nearest of the 270M's 18 blocks takes seconds: a bar as calibration has.
+        bar = Progress(len(plan), progress, unit_name="block")
         for index, block_plan in enumerate(plan):
             quantize_block(index, [None] * len(block_plan))
+            bar.update()
     if embedding:
         report.append(quantize_embedding(model))
     refresh_after_surgery(model)
