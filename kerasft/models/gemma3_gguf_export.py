@@ -16,6 +16,8 @@ from kerasft.models.gemma3_gguf_format import gemma3_gguf_tensor_specs
 
 # Types `gguf.quants.quantize` implements in numpy (K-quants are read-only).
 EXPORT_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")
+# `"source"`: each GGUF layer's own type (`gemma3_from_gguf(keep_quantized=True)`).
+SOURCE = "source"
 
 
 def _check_exportable(backbone):
@@ -43,26 +45,73 @@ def _check_exportable(backbone):
         )
 
 
-def _gguf_tensor(spec, tensor_type):
+def _float_kernel(spec, layer, wrapper):
+    """The float32 keras-layout value of `spec`, with `wrapper`'s adapter merged in.
+
+    Each wrapper says how it merges: `merged_kernel()` (DoRA), or the LoRA
+    family's `delta_kernel()` (+ QLoRA's frozen `residual_kernel()`); the
+    model is not changed.
+    """
+    from keras import ops
+
+    from kerasft.layers.lora import float_kernel
+
+    if spec.layer_shape is None:  # a float variable
+        kernel = ops.cast(spec.variable, "float32")
+    elif spec.kind == "embedding":
+        kernel = layer.dequantized_embeddings("float32")
+    else:
+        kernel = float_kernel(layer)
+    if wrapper is not None and not wrapper.merged:
+        if hasattr(wrapper, "merged_kernel"):
+            kernel = wrapper.merged_kernel()
+        elif hasattr(wrapper, "delta_kernel"):
+            kernel = kernel + wrapper.delta_kernel()
+            residual = getattr(wrapper, "residual_kernel", lambda: None)()
+            if residual is not None:
+                kernel = kernel + residual
+        else:
+            raise ValueError(
+                "Only LoRA-family and DoRA adapters merge into an exported GGUF without "
+                f"changing the model; merge the others first (`recipe.merge(model)`). "
+                f"Received: a {type(wrapper).__name__} at {wrapper.target_path!r}"
+            )
+    return np.asarray(ops.convert_to_numpy(ops.cast(kernel, "float32")))
+
+
+def _gguf_tensor(spec, tensor_type, layer, wrapper, k_quant_type):
+    """`(array, raw_dtype, type written)` for one tensor of the file."""
     import gguf
 
-    array = np.asarray(spec.variable.numpy()).astype(np.float32)
-    array = np.ascontiguousarray(spec.from_keras(array), dtype=np.float32)
-    if tensor_type == "F32":
-        return array, None
-    if tensor_type == "F16":
-        return array.astype(np.float16), None
-    quant_type = gguf.GGMLQuantizationType[tensor_type]
-    return gguf.quants.quantize(array, quant_type), quant_type
+    from kerasft.quantization.gguf_dense import quantize_gguf_rows
+
+    source_type = getattr(layer, "tensor_type", None) if spec.layer_shape else None
+    if source_type is not None and wrapper is None and tensor_type in (SOURCE, source_type):
+        # Unchanged: the file's own bytes, no second rounding.
+        array = layer.gguf_data()
+        raw = None if source_type in ("F32", "F16") else gguf.GGMLQuantizationType[source_type]
+        return array, raw, source_type
+    if tensor_type == SOURCE:
+        if source_type is None:
+            tensor_type = "F32"
+        elif source_type in EXPORT_TENSOR_TYPES:
+            tensor_type = source_type
+        else:
+            tensor_type = k_quant_type
+    array = np.ascontiguousarray(spec.from_keras(_float_kernel(spec, layer, wrapper)), dtype=np.float32)
+    raw = None if tensor_type in ("F32", "F16") else gguf.GGMLQuantizationType[tensor_type]
+    return quantize_gguf_rows(array, tensor_type), raw, tensor_type
 
 
-def _check_tensor_type(spec, tensor_type):
+def _check_tensor_type(spec, tensor_type, argument="tensor_types"):
     import gguf
 
+    if tensor_type == SOURCE:
+        return
     if tensor_type not in EXPORT_TENSOR_TYPES:
         raise ValueError(
-            f"Unsupported GGUF tensor type for {spec.name!r}. Received: "
-            f"{tensor_type!r}; supported: {', '.join(EXPORT_TENSOR_TYPES)}."
+            f"Unsupported GGUF tensor type for {spec.name!r} in `{argument}`. Received: "
+            f"{tensor_type!r}; supported: {SOURCE!r}, {', '.join(EXPORT_TENSOR_TYPES)}."
         )
     block_size, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[tensor_type]]
     if spec.gguf_shape[-1] % block_size:
@@ -72,6 +121,24 @@ def _check_tensor_type(spec, tensor_type):
         )
 
 
+def _layers_and_wrappers(backbone, specs):
+    """`{spec name: (layer, wrapper or None)}` for every spec, and the adapter weights."""
+    from kerasft.layers.wrapper import AdapterWrapper
+    from kerasft.targeting import iter_layers
+
+    layers = {layer.path: layer for layer in iter_layers(backbone)}
+    wrappers = {
+        wrapper.layer.path: wrapper
+        for wrapper in iter_layers(backbone)
+        if isinstance(wrapper, AdapterWrapper)
+    }
+    found = {}
+    for spec in specs:
+        path = spec.variable.path.rpartition("/")[0]
+        found[spec.name] = (layers[path], wrappers.get(path))
+    return found
+
+
 def write_gemma3_gguf(
     causal_lm,
     path,
@@ -79,8 +146,15 @@ def write_gemma3_gguf(
     default_tensor_type="F32",
     context_length=32768,
     name=None,
+    chat_template=None,
+    k_quant_type="Q8_0",
 ):
     """Writes a `Gemma3CausalLM` and its tokenizer to a llama.cpp GGUF file.
+
+    The model may hold GGUF layers (`gemma3_from_gguf(keep_quantized=True)`)
+    and LoRA-family or DoRA adapters: each adapter is merged into the written
+    tensor in float32 (base + update, then one rounding to the tensor's type);
+    the model itself is not changed.
 
     Args:
         causal_lm: A text-only `keras_hub.models.Gemma3CausalLM` in llama.cpp's
@@ -89,13 +163,20 @@ def write_gemma3_gguf(
         path: Output `.gguf` path.
         tensor_types: Optional `{gguf_tensor_name: type}` overrides, e.g.
             `{"blk.0.ffn_down.weight": "Q8_0"}`. Types: one of
-            `EXPORT_TENSOR_TYPES`.
+            `EXPORT_TENSOR_TYPES`, or `"source"`.
         default_tensor_type: Type of every matrix not in `tensor_types`;
             norm weights not in `tensor_types` stay F32, as llama.cpp writes
-            them.
+            them. `"source"` keeps each GGUF layer's own type: a tensor no
+            adapter changed is copied byte for byte, a changed one is rounded
+            once into its type, or into `k_quant_type` for a K-quant (the
+            `gguf` package cannot write K-quants); float layers are F32.
         context_length: `gemma3.context_length` written to the metadata
             (32768 for Gemma 3 270M and 1B, 131072 for the larger models).
         name: `general.name`; defaults to the backbone's name.
+        chat_template: Jinja chat template written as
+            `tokenizer.chat_template` (e.g. the source file's, from
+            `read_gguf(path).metadata`), or None for none.
+        k_quant_type: Type of a changed K-quant tensor under `"source"`.
 
     Returns:
         The path written, as a string.
@@ -116,7 +197,16 @@ def write_gemma3_gguf(
             "Writing a GGUF file needs the model's SentencePiece tokenizer. "
             f"Received: causal_lm.preprocessor={causal_lm.preprocessor!r}."
         )
-    specs = gemma3_gguf_tensor_specs(backbone)
+    from kerasft.targeting import adapter_wrappers
+
+    adapter_ids = {
+        id(variable) for wrapper in adapter_wrappers(backbone)
+        for variable in wrapper.adapter_weights().values()
+    }  # fmt: skip
+    specs = gemma3_gguf_tensor_specs(
+        backbone, [variable for variable in backbone.weights if id(variable) not in adapter_ids]
+    )
+    sources = _layers_and_wrappers(backbone, specs)
     tensor_types = dict(tensor_types or {})
     unknown_names = sorted(set(tensor_types) - {spec.name for spec in specs})
     if unknown_names:
@@ -132,6 +222,11 @@ def write_gemma3_gguf(
     ]
     for spec, tensor_type in spec_types:
         _check_tensor_type(spec, tensor_type)
+    if k_quant_type not in EXPORT_TENSOR_TYPES:
+        raise ValueError(
+            f"`k_quant_type` must be one of {', '.join(EXPORT_TENSOR_TYPES)}. Received: "
+            f"k_quant_type={k_quant_type!r}."
+        )
     vocabulary = gguf_vocabulary_from_sentencepiece(tokenizer.proto)
     if len(vocabulary["tokens"]) > backbone.vocabulary_size:
         raise ValueError(
@@ -177,9 +272,12 @@ def write_gemma3_gguf(
     writer.add_add_bos_token(bool(getattr(causal_lm.preprocessor, "add_start_token", True)))
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(vocabulary["add_space_prefix"])
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     for spec, tensor_type in spec_types:
-        array, raw_dtype = _gguf_tensor(spec, tensor_type)
+        layer, wrapper = sources[spec.name]
+        array, raw_dtype, _ = _gguf_tensor(spec, tensor_type, layer, wrapper, k_quant_type)
         writer.add_tensor(spec.name, array, raw_dtype=raw_dtype)
 
     writer.write_header_to_file()

@@ -66,16 +66,24 @@ class GGUFTensorSpec:
         variable: The keras-hub variable it fills.
         kind: One of `"embedding"`, `"norm"`, `"dense"`, `"qkv"`,
             `"attention_output"`; selects the layout conversion.
+        layer_shape: The float kernel / table shape when `variable` is the
+            `blocks` of a GGUF layer; None when it is the float variable.
     """
 
     name: str
     variable: object
     kind: str
+    layer_shape: tuple = None
+
+    @property
+    def keras_shape(self):
+        """Shape of the float keras variable (kernel, table or scale)."""
+        return self.layer_shape or tuple(self.variable.shape)
 
     @property
     def gguf_shape(self):
         """Shape of the dequantized GGUF array (slowest axis first)."""
-        shape = tuple(self.variable.shape)
+        shape = self.keras_shape
         if self.kind in ("embedding", "norm"):
             return shape
         if self.kind == "dense":  # keras (in, out) <- torch (out, in)
@@ -87,7 +95,7 @@ class GGUFTensorSpec:
 
     def to_keras(self, array):
         """Converts a dequantized float32 GGUF array to the variable's layout."""
-        shape = tuple(self.variable.shape)
+        shape = self.keras_shape
         if self.kind == "embedding":
             return array
         if self.kind == "norm":
@@ -123,13 +131,19 @@ def gemma3_gguf_tensor_names(num_layers):
     return names
 
 
-def gemma3_gguf_tensor_specs(backbone):
+def gemma3_gguf_tensor_specs(backbone, weights=None):
     """Lists the `GGUFTensorSpec` of every weight of a `Gemma3Backbone`.
+
+    A kernel or the token embedding kept in its GGUF type
+    (`gemma3_from_gguf(keep_quantized=True)`) is matched by its `blocks`
+    variable instead of `kernel` / `embeddings`.
 
     Args:
         backbone: A text-only `keras_hub.models.Gemma3Backbone` with query/key
             norms and post-attention / post-feed-forward norms (the Gemma 3
             layout llama.cpp expects).
+        weights: The variables to map, default `backbone.weights` (the
+            exporter passes them without adapter weights).
 
     Returns:
         A list of `GGUFTensorSpec`, one per backbone weight, in GGUF order.
@@ -138,22 +152,30 @@ def gemma3_gguf_tensor_specs(backbone):
         ValueError: If the backbone has weights that llama.cpp's gemma3
             layout cannot hold, or lacks ones it needs.
     """
-    variables = {variable.path: variable for variable in backbone.weights}
+    from kerasft.targeting import iter_layers
+
+    variables = {variable.path: variable for variable in (weights or backbone.weights)}
+    layers = {layer.path: layer for layer in iter_layers(backbone)}
+
+    def spec(name, layer_path, weight, kind):
+        variable = variables.pop(f"{layer_path}/{weight}", None)
+        blocks = variables.pop(f"{layer_path}/blocks", None)  # a GGUF layer's
+        if variable is not None or blocks is None:
+            return GGUFTensorSpec(name, variable, kind)
+        layer = layers[layer_path]
+        shape = getattr(layer, "kernel_shape", None) or (layer.input_dim, layer.output_dim)
+        return GGUFTensorSpec(name, blocks, kind, tuple(shape))
+
     specs = [
-        GGUFTensorSpec(
-            "token_embd.weight", variables.pop("token_embedding/embeddings", None),
-            "embedding",
-        ),
-        GGUFTensorSpec(
-            "output_norm.weight", variables.pop("final_normalization/scale", None),
-            "norm",
-        ),
+        spec("token_embd.weight", "token_embedding", "embeddings", "embedding"),
+        spec("output_norm.weight", "final_normalization", "scale", "norm"),
     ]
     for i in range(backbone.num_layers):
         for gguf_name, (layer_path, kind) in _BLOCK_TENSORS.items():
             weight = "scale" if kind == "norm" else "kernel"
-            variable = variables.pop(f"decoder_block_{i}/{layer_path}/{weight}", None)
-            specs.append(GGUFTensorSpec(f"blk.{i}.{gguf_name}.weight", variable, kind))
+            specs.append(
+                spec(f"blk.{i}.{gguf_name}.weight", f"decoder_block_{i}/{layer_path}", weight, kind)
+            )
     missing = [spec.name for spec in specs if spec.variable is None]
     if missing or variables:
         raise ValueError(

@@ -121,10 +121,14 @@ class GGUFEmbedding(keras.layers.Layer):
             logits = ops.tanh(logits / cap) * cap
         return logits
 
-    def compute_output_shape(self, input_shape, reverse=False):
+    def compute_output_spec(self, inputs, reverse=False):
+        # As `ReversibleEmbedding`: the symbolic call of the tied head.
         if reverse:
-            return tuple(input_shape[:-1]) + (self.input_dim,)
-        return tuple(input_shape) + (self.output_dim,)
+            shape = tuple(inputs.shape[:-1]) + (self.input_dim,)
+            dtype = self.reverse_dtype or self.compute_dtype
+        else:
+            shape, dtype = tuple(inputs.shape) + (self.output_dim,), self.compute_dtype
+        return keras.KerasTensor(shape, dtype=dtype)
 
     def quantized_bytes(self) -> int:
         """Bytes of the stored table."""
