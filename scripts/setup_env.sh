@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Creates ./.venv (once) and installs kerasft with everything it needs.
-# Re-running is cheap: pip skips what is already installed.
+# Creates ./.venv (once) and installs kerasft with every extra (both backends,
+# the real checkpoint, metrics, references, tuning, plots, tests).
+# Quiet: pip's output goes to .venv/setup.log, shown only if pip fails; a run
+# whose pyproject.toml and this script are unchanged since the last successful
+# one skips pip entirely (set KERASFT_REINSTALL=1 to force it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -8,6 +11,34 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-# The CPU build of torch 2.13; a plain `torch` requirement would pull a CUDA build.
-python -m pip install -q "torch==2.13.0" -e ".[torch,test,real,eval]"
+log=.venv/setup.log
+stamp=.venv/setup.stamp
+want="$(cat pyproject.toml setup.py scripts/setup_env.sh | sha256sum | cut -d' ' -f1)"
+if [ "${KERASFT_REINSTALL:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+pip_quiet() {
+  if ! python -m pip --disable-pip-version-check --no-input -q "$@" >>"$log" 2>&1; then
+    echo "setup_env.sh: pip $* failed; its output:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+: >"$log"
+echo "Installing kerasft and its dependencies into .venv (log: $log) ..."
+# torch: PyPI's Linux x86_64 wheel of torch 2.13 is the CUDA build (it pulls
+# the nvidia-* packages, several GB); PyTorch's own index serves the CPU
+# build. Set TORCH_INDEX_URL to choose (e.g. https://download.pytorch.org/whl/cu128
+# for a GPU); where that index cannot be reached, PyPI's build is installed
+# (it runs on CPU too). An installed torch 2.13.0 of either build is kept.
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+if ! python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
+  if ! python -m pip --disable-pip-version-check -q install --timeout 15 --retries 1 \
+      --index-url "$TORCH_INDEX_URL" "torch==2.13.0" >>"$log" 2>&1; then
+    echo "($TORCH_INDEX_URL not reachable: torch 2.13.0 from PyPI instead)"
+    pip_quiet install "torch==2.13.0"
+  fi
+fi
+pip_quiet install -e ".[jax,torch,tfds,real,eval,bench,tuning,plots,test]"
+echo "$want" >"$stamp"
+echo "Installed (log: $log)."
