@@ -467,6 +467,28 @@ def _assign_saved_tensors(model, tensors):
         variable.assign(tensors[key].astype(keras.backend.standardize_dtype(variable.dtype)))
 
 
+def same_adapter_layout(model: keras.Model, config: dict) -> bool:
+    """Whether `model`'s live recipes are the adapter config's, on the same layers.
+
+    Then the adapter's tensors fit the live variables one for one
+    (`assign_adapter_tensors`), without re-applying any recipe.
+    """
+    live = split_merged_recipes(model)[1]
+    return bool(live) and _comparable(_describe(live)) == _comparable(saved_recipes(config))
+
+
+def assign_adapter_tensors(model: keras.Model, tensors: dict) -> None:
+    """Assigns an adapter's tensors to the live recipes' variables.
+
+    Every key and shape is checked first; nothing is assigned if anything
+    misfits.
+
+    Raises:
+        ValueError: naming missing / unexpected keys or a shape mismatch.
+    """
+    _assign_saved_tensors(model, tensors)
+
+
 def merge_adapters(model: keras.Model) -> list[str]:
     """Folds every mergeable adapter into its layer and removes the wrappers.
 
