@@ -160,3 +160,44 @@ def preference_batches(
         )
         halves.append(rows_to_arrays(*pad_examples(examples, sequence_length, pad_id)))
     return PreferenceBatches(*halves, batch_size=batch_size, shuffle=shuffle, seed=seed, **kwargs)
+
+
+def load_wordnet_preference(split: str = "train") -> list[dict]:
+    """The shipped WordNet preference pairs (`scripts/build_preference_dataset.py`).
+
+    `{"prompt": "Define the word X.", "chosen": X's gloss, "rejected": the
+    gloss of another word of the same split and part of speech, "word",
+    "pos"}`; train 4,000 pairs, validation and test 500 each, no headword in
+    two splits.
+    """
+    from kerasft.data.datasets import _split_file
+    from kerasft.data.loaders import read_jsonl
+
+    return read_jsonl(_split_file("wordnet_preference", split))
+
+
+def load_wordnet_pos(split: str = "train") -> list[dict]:
+    """The shipped GRPO prompts: name the part of speech of a WordNet headword.
+
+    `{"prompt", "word", "pos"}`; score completions with
+    `part_of_speech_reward`. Train: 500 words per part of speech; validation
+    and test: WordNet's held-out words (about 80% nouns).
+    """
+    from kerasft.data.datasets import _split_file
+    from kerasft.data.loaders import read_jsonl
+
+    return read_jsonl(_split_file("wordnet_pos", split))
+
+
+POS_ANSWERS = ("noun", "verb", "adjective", "adverb")
+
+
+def part_of_speech_reward(records, completions) -> list[float]:
+    """1.0 where a completion's first word (letters only, any case) is the record's `pos`, else 0.0."""
+    import re
+
+    rewards = []
+    for record, completion in zip(records, completions):
+        words = re.findall(r"[a-z]+", str(completion).lower())
+        rewards.append(float(bool(words) and words[0] == record["pos"]))
+    return rewards
