@@ -121,8 +121,26 @@ def _check_tensor_type(spec, tensor_type, argument="tensor_types"):
         )
 
 
+def gguf_tensor_sources(backbone):
+    """Pairs each GGUF tensor of a (possibly adapted) backbone with what holds it.
+
+    Returns:
+        `(specs, sources)`: the `GGUFTensorSpec` list (adapter weights left
+        out) and `{gguf tensor name: (layer, adapter wrapper or None)}`.
+    """
+    from kerasft.targeting import adapter_wrappers
+
+    adapter_ids = {
+        id(variable) for wrapper in adapter_wrappers(backbone)
+        for variable in wrapper.adapter_weights().values()
+    }  # fmt: skip
+    specs = gemma3_gguf_tensor_specs(
+        backbone, [variable for variable in backbone.weights if id(variable) not in adapter_ids]
+    )
+    return specs, _layers_and_wrappers(backbone, specs)
+
+
 def _layers_and_wrappers(backbone, specs):
-    """`{spec name: (layer, wrapper or None)}` for every spec, and the adapter weights."""
     from kerasft.layers.wrapper import AdapterWrapper
     from kerasft.targeting import iter_layers
 
@@ -197,16 +215,7 @@ def write_gemma3_gguf(
             "Writing a GGUF file needs the model's SentencePiece tokenizer. "
             f"Received: causal_lm.preprocessor={causal_lm.preprocessor!r}."
         )
-    from kerasft.targeting import adapter_wrappers
-
-    adapter_ids = {
-        id(variable) for wrapper in adapter_wrappers(backbone)
-        for variable in wrapper.adapter_weights().values()
-    }  # fmt: skip
-    specs = gemma3_gguf_tensor_specs(
-        backbone, [variable for variable in backbone.weights if id(variable) not in adapter_ids]
-    )
-    sources = _layers_and_wrappers(backbone, specs)
+    specs, sources = gguf_tensor_sources(backbone)
     tensor_types = dict(tensor_types or {})
     unknown_names = sorted(set(tensor_types) - {spec.name for spec in specs})
     if unknown_names:
