@@ -1,0 +1,159 @@
+"""Preference / RL figures on the real Gemma 3 270M (CPU, float32), one method per run.
+
+    flock /tmp/kerasft-real.lock timeout 900 python bench/preference_real.py dpo
+    flock /tmp/kerasft-real.lock timeout 900 python bench/preference_real.py reward
+    flock /tmp/kerasft-real.lock timeout 900 python bench/preference_real.py grpo
+    python bench/preference_real.py memory     # JAX only: compiled step memory, DPO vs SFT
+
+Held-out data are the test split of the shipped WordNet preference pairs /
+part-of-speech prompts (no headword seen in training). Prints one JSON line
+of figures at the end.
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kerasft import data  # noqa: E402
+from kerasft.data.preference import (  # noqa: E402
+    load_wordnet_pos,
+    load_wordnet_preference,
+    part_of_speech_reward,
+    preference_batches,
+)
+from kerasft.evaluate.preference import preference_accuracy  # noqa: E402
+from kerasft.finetune.models import load_model  # noqa: E402
+from kerasft.recipes import LoRA  # noqa: E402
+
+
+def pairs(model, split, count, batch_size, seed, shuffle, length):
+    records = data.sample_records(load_wordnet_preference(split), count, seed)
+    return preference_batches(records, model.preprocessor.tokenizer, template="gemma",
+                              sequence_length=length, batch_size=batch_size, shuffle=shuffle,
+                              seed=seed)
+
+
+def run_dpo(args, model):
+    from kerasft.recipes.preference import DPO
+
+    held_out = pairs(model, "test", args.eval_pairs, 8, 0, False, args.length)
+    figures = {"base_likelihood_accuracy": preference_accuracy(model, held_out)}
+    recipe = DPO(beta=args.beta, base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]))
+    policy = recipe.apply(model)
+    figures["dpo_at_init"] = preference_accuracy(policy, held_out)
+    train = pairs(model, "train", args.train_pairs, args.batch_size, 0, True, args.length)
+    recipe.compile(policy, learning_rate=args.learning_rate, total_steps=len(train),
+                   weight_decay=0.0)
+    start = time.perf_counter()
+    history = policy.fit(train, epochs=1, verbose=2).history
+    figures["train_seconds"] = time.perf_counter() - start
+    figures["train_history"] = {k: [round(float(v), 4) for v in vals] for k, vals in history.items()}
+    figures["dpo_after"] = preference_accuracy(policy, held_out)
+    figures["tuned_likelihood_accuracy"] = preference_accuracy(policy.causal_lm, held_out)
+    return figures
+
+
+def run_reward(args, model):
+    from kerasft.recipes.reward_model import RewardModel
+
+    held_out = pairs(model, "test", args.eval_pairs, 8, 0, False, args.length)
+    recipe = RewardModel(base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]))
+    scorer = recipe.apply(model)
+    figures = {"at_init": preference_accuracy(scorer, held_out)}
+    train = pairs(model, "train", args.train_pairs, args.batch_size, 0, True, args.length)
+    recipe.compile(scorer, learning_rate=args.learning_rate, total_steps=len(train),
+                   weight_decay=0.0)
+    start = time.perf_counter()
+    history = scorer.fit(train, epochs=1, verbose=2).history
+    figures["train_seconds"] = time.perf_counter() - start
+    figures["train_history"] = {k: [round(float(v), 4) for v in vals] for k, vals in history.items()}
+    figures["after"] = preference_accuracy(scorer, held_out)
+    return figures
+
+
+def run_grpo(args, model):
+    from kerasft.recipes.grpo import GRPO
+
+    recipe = GRPO([part_of_speech_reward], group_size=args.group_size, beta=0.04,
+                  base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]), max_new_tokens=4,
+                  temperature=1.0)
+    policy = recipe.apply(model)
+    recipe.compile(policy, learning_rate=args.learning_rate, weight_decay=0.0)
+    held_out = data.sample_records(load_wordnet_pos("test"), args.eval_pairs, 0)
+    figures = {"held_out_mean_reward_before": recipe.mean_reward(policy, held_out)}
+    train = data.sample_records(load_wordnet_pos("train"), None, 0)
+    start = time.perf_counter()
+    history = recipe.train(policy, train, steps=args.steps, prompts_per_step=args.batch_size)
+    figures["train_seconds"] = time.perf_counter() - start
+    figures["train_mean_reward"] = [round(v, 3) for v in history["mean_reward"]]
+    figures["held_out_mean_reward_after"] = recipe.mean_reward(policy, held_out)
+    figures["always_noun_baseline"] = float(np.mean([r["pos"] == "noun" for r in held_out]))
+    return figures
+
+
+def run_memory(args, model):
+    """Compiled (XLA) memory of one gradient step: DPO on B pairs vs SFT on the same 2B rows."""
+    import jax
+
+    from kerasft.recipes.preference import DPO
+
+    batch = pairs(model, "train", args.batch_size, args.batch_size, 0, False, args.length)[0]
+    x, y, weights = batch
+    recipe = DPO(base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]))
+    policy = recipe.apply(model)
+    figures = {"rows": int(y.shape[0]), "sequence_length": int(y.shape[1])}
+    for name, compiled_model in (("sft", policy.causal_lm), ("dpo", policy)):
+        if name == "sft":
+            LoRA().compile(compiled_model)
+        else:
+            recipe.compile(compiled_model)
+        trainable = [v.value for v in compiled_model.trainable_variables]
+        non_trainable = [v.value for v in compiled_model.non_trainable_variables]
+        metrics = [v.value for v in compiled_model.metrics_variables]
+
+        def loss(tv, ntv, mv, x, y, w, m=compiled_model):
+            return m.compute_loss_and_updates(tv, ntv, mv, x, y, w, training=True)
+
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        analysis = step.lower(trainable, non_trainable, metrics, x, y, weights).compile()
+        memory = analysis.memory_analysis()
+        figures[name] = {"temp_bytes": int(memory.temp_size_in_bytes),
+                         "argument_bytes": int(memory.argument_size_in_bytes),
+                         "output_bytes": int(memory.output_size_in_bytes)}
+        figures[name]["peak_bytes"] = sum(figures[name].values())
+    figures["dpo_over_sft_peak"] = figures["dpo"]["peak_bytes"] / figures["sft"]["peak_bytes"]
+    figures["dpo_over_sft_temp"] = figures["dpo"]["temp_bytes"] / figures["sft"]["temp_bytes"]
+    return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=["dpo", "reward", "grpo", "memory"])
+    parser.add_argument("--train-pairs", type=int, default=256)
+    parser.add_argument("--eval-pairs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--length", type=int, default=48)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+    start = time.perf_counter()
+    model = load_model("gemma3-270m", sequence_length=args.length)
+    print(f"loaded in {time.perf_counter() - start:.0f} s", flush=True)
+    figures = {"run_dpo": run_dpo, "run_reward": run_reward, "run_grpo": run_grpo,
+               "run_memory": run_memory}[f"run_{args.method}"](args, model)
+    figures.update(method=args.method, args=vars(args), backend=keras.backend.backend(),
+                   total_seconds=time.perf_counter() - start)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
