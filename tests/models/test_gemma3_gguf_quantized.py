@@ -171,3 +171,25 @@ def test_requantize_rounds_into_the_type_and_refuses_k_quants():
         q4k.requantize(kernel)
     with pytest.raises(ValueError, match=r"must have shape \(4, 144\). Received: data.shape=\(4, 140\)"):
         q4k.assign_gguf(np.zeros((4, 140), np.uint8))
+
+
+def test_recipe_merge_rounds_into_the_gguf_type_and_qlora_refuses(gguf_path, token_batch):
+    model = _quantized(gguf_path)
+    recipe = LoRA(rank=2, alpha=4.0, targets=("decoder_block_0/attention/value",))  # Q5_0
+    recipe.apply(model)
+    (wrapper,) = [w for w in model.backbone._flatten_layers() if hasattr(w, "lora_b")]
+    wrapper.lora_b.assign(np.full(wrapper.lora_b.shape, 0.05, "float32"))
+    from kerasft.layers.lora import float_kernel
+
+    expected_kernel = keras.ops.convert_to_numpy(float_kernel(wrapper.layer) + wrapper.delta_kernel())
+    recipe.merge(model)
+    value = model.backbone.get_layer("decoder_block_0").attention.value_dense
+    assert isinstance(value, GGUFEinsumDense) and value.tensor_type == "Q5_0"
+    rows = expected_kernel.transpose(0, 2, 1).reshape(16, 32)  # (heads * head_dim, hidden)
+    np.testing.assert_array_equal(
+        value.gguf_data(), gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q5_0)
+    )
+    from kerasft.recipes import QLoRA
+
+    with pytest.raises(ValueError, match="float dense layer"):
+        QLoRA(rank=2).apply(_quantized(gguf_path))
