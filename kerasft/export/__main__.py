@@ -1,0 +1,5 @@
+import sys
+
+from kerasft.export.cli import main
+
+sys.exit(main())
