@@ -41,7 +41,15 @@ class TokenNormalizedBatches(keras.utils.PyDataset):
         batches: an indexable sequence of `(x, y, sample_weight)` batches (a
             `keras.utils.PyDataset` or a list).
         accumulation_steps: micro-batches per optimizer step.
+
+    Like `SequenceBatches`, it goes straight into a keras-hub task's
+    `model.fit(...)` (see `kerasft.pretokenized.is_token_batches`), with
+    Keras's batch-index shuffling off so that the batches of one step stay
+    consecutive.
     """
+
+    # Read by `kerasft.pretokenized.is_token_batches`.
+    kerasft_token_batches = True
 
     def __init__(self, batches, accumulation_steps=1, **kwargs):
         super().__init__(**kwargs)

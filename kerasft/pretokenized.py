@@ -1,6 +1,20 @@
-"""Feeding token-id batches to a keras-hub task that has a preprocessor."""
+"""Feeding token-id batches to a keras-hub task that has a preprocessor.
+
+Two ways in:
+
+- `model.fit(batches)` / `evaluate` / `predict` with a kerasft batch object
+  (`kerasft.data.SequenceBatches`, `kerasft.losses.TokenNormalizedBatches`,
+  or anything with a true `kerasft_token_batches` attribute) as `x` or as
+  `validation_data`: on a keras-hub task this runs as if inside
+  `pretokenized(model)`, with no call of the user's (installed on
+  `keras_hub.models.Task` when kerasft is imported, see `_install`);
+- `with kerasft.pretokenized(model): ...` for everything else that is already
+  token ids (numpy arrays, other PyDatasets).
+"""
 
 import contextlib
+import functools
+import inspect
 import types
 
 import keras
@@ -17,14 +31,33 @@ _BYPASSED_METHODS = (
     "test_on_batch",
     "predict_on_batch",
 )
+# The methods that take a whole dataset, so a batch object as their `x`.
+_DISPATCHED_METHODS = ("fit", "evaluate", "predict")
+# Set on the dispatching wrappers below: the keras-hub method each replaces.
+_WRAPPED = "_kerasft_keras_hub_method"
+
+
+def is_token_batches(data) -> bool:
+    """Whether `data` is a kerasft batch object of token ids.
+
+    Such objects (`SequenceBatches`, `TokenNormalizedBatches`) carry the class
+    attribute `kerasft_token_batches = True`: they already hold token ids,
+    sample weights and their own seeded per-epoch order, so keras-hub's
+    preprocessing and Keras's batch-index shuffling must both leave them alone.
+    """
+    return getattr(data, "kerasft_token_batches", False) is True
 
 
 def _fit(model, x=None, y=None, *args, **kwargs):
     """`keras.Model.fit`, leaving a PyDataset's batches in its own order by default."""
     # Keras shuffles a PyDataset's batch indices when shuffle=True (its
-    # default). SequenceBatches already draws a seeded order per epoch, and
-    # TokenNormalizedBatches needs consecutive batches to form one step.
-    if isinstance(x, keras.utils.PyDataset) and "shuffle" not in kwargs and len(args) < 7:
+    # default) with Python's global RNG. kerasft batch objects draw their own
+    # seeded order per epoch (the same on every backend), and
+    # TokenNormalizedBatches needs consecutive batches to form one step, so
+    # that shuffle is always off for them; other PyDatasets only default to it.
+    if is_token_batches(x) and len(args) < 7:
+        kwargs["shuffle"] = False
+    elif isinstance(x, keras.utils.PyDataset) and "shuffle" not in kwargs and len(args) < 7:
         kwargs["shuffle"] = False
     return keras.Model.fit(model, x, y, *args, **kwargs)
 
@@ -35,6 +68,7 @@ def _keras_method(name):
 
 def _overridden_by_keras_hub(model, name):
     method = getattr(type(model), name, None)
+    method = getattr(method, _WRAPPED, method)
     return getattr(method, "__module__", "").startswith("keras_hub")
 
 
@@ -52,19 +86,21 @@ def pretokenized(model: keras.Model):
       and from torch's global RNG on PyTorch, both seeded by
       `keras.utils.set_random_seed(seed)` (the orders differ between
       backends);
-    - a `kerasft.data.SequenceBatches` can be passed straight to
-      `model.fit(batches)`: its order is `numpy.random.default_rng([seed,
-      epoch])` for its own `seed`, the same on every backend. (For a
-      `keras.utils.PyDataset`, `fit` defaults to `shuffle=False` here, which
-      keeps the dataset's own order; Keras would otherwise shuffle the
-      batch indices with Python's global RNG, which breaks the optimizer
-      steps of `kerasft.losses.TokenNormalizedBatches`.)
+    - a `kerasft.data.SequenceBatches` follows its own order,
+      `numpy.random.default_rng([seed, epoch])` for its own `seed`, the same
+      on every backend (Keras's batch-index shuffling is off for kerasft
+      batch objects, whatever `shuffle=` says, and defaults to off for any
+      other `keras.utils.PyDataset`: it would break the optimizer steps of
+      `kerasft.losses.TokenNormalizedBatches`).
+
+    kerasft batch objects need no block: `model.fit(batches)` enters one by
+    itself (see `is_token_batches`).
 
     `generate` needs the preprocessor and keras-hub's methods, so both are
     restored on exit, also after an error. Blocks may nest.
 
         with kerasft.pretokenized(model):
-            model.fit(batches, epochs=2)      # or model.fit(x, y, sample_weight=w)
+            model.fit(x, y, sample_weight=w, epochs=2)
         model.generate("Define the word apple.")
 
     Args:
@@ -88,3 +124,49 @@ def pretokenized(model: keras.Model):
         for name in bypassed:
             object.__delattr__(model, name)
         model.preprocessor = preprocessor
+
+
+def _dispatching(name, keras_hub_method):
+    """`keras_hub_method`, or Keras's own inside `pretokenized` for kerasft batch objects."""
+    signature = inspect.signature(keras_hub_method)
+
+    @functools.wraps(keras_hub_method)
+    def method(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        arguments.update(arguments.pop("kwargs", {}))
+        feeds = [arguments.get("x"), arguments.get("validation_data")]
+        if not any(is_token_batches(data) for data in feeds):
+            return keras_hub_method(self, *args, **kwargs)
+        # keras-hub's positional order differs from Keras's (`sample_weight`
+        # is 4th), so everything goes on by name.
+        with pretokenized(self):
+            return getattr(self, name)(**arguments)
+
+    setattr(method, _WRAPPED, keras_hub_method)
+    return method
+
+
+def _install():
+    """Lets keras-hub tasks take kerasft batch objects in `fit`/`evaluate`/`predict`.
+
+    keras-hub 0.32's `PipelineModel` (`keras_hub/src/utils/pipeline_model.py`,
+    inherited by every `keras_hub.models.Task`) hands any `x` that is not a
+    `tf.data` or grain dataset to `tf.data.Dataset.from_tensor_slices`, which
+    fails on a `keras.utils.PyDataset`. The wrapper changes nothing for other
+    input; idempotent.
+    """
+    try:
+        import keras_hub
+    except ImportError:  # kerasft without keras-hub: nothing to wrap
+        return
+    task = keras_hub.models.Task
+    for name in _DISPATCHED_METHODS:
+        method = getattr(task, name)
+        if hasattr(method, _WRAPPED):
+            continue
+        setattr(task, name, _dispatching(name, method))
+
+
+_install()

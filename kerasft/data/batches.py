@@ -83,14 +83,16 @@ class SequenceBatches(keras.utils.PyDataset):
     and once before the first: a fresh object's first `fit` epoch follows
     permutation 1), or can be set with `set_epoch`.
 
-    `len(batches)` is the number of batches per epoch. Train a keras-hub
-    causal LM with `model.fit(batches)` inside `kerasft.pretokenized(model)`,
-    which hands the batches to Keras's own `fit` in this order (keras-hub
-    0.32's `CausalLM.fit` override accepts only arrays, `tf.data` or grain
-    datasets and fails on a PyDataset). A plain `keras.Model` taking the same
-    inputs can call `model.fit(batches, shuffle=False)` directly (with
-    `shuffle=True`, Keras's default, it also permutes the batch order with
-    Python's global RNG).
+    `len(batches)` is the number of batches per epoch. A keras-hub causal LM
+    trains on them with `model.fit(batches)` (also `validation_data=batches`,
+    `evaluate`, `predict`), preprocessor attached or not: the class attribute
+    `kerasft_token_batches` makes kerasft hand them to Keras's own `fit`
+    inside `kerasft.pretokenized(model)`, in this order, with Keras's
+    batch-index shuffling off (keras-hub 0.32's `CausalLM.fit` override would
+    otherwise try to preprocess them and fail on a PyDataset). A plain
+    `keras.Model` taking the same inputs calls `model.fit(batches,
+    shuffle=False)` (with `shuffle=True`, Keras's default, it also permutes
+    the batch order with Python's global RNG).
 
     Args:
         ids: int [N, T + 1] token ids (see `kerasft.data.packing`).
@@ -104,6 +106,10 @@ class SequenceBatches(keras.utils.PyDataset):
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset`.
     """
+
+    # Read by `kerasft.pretokenized.is_token_batches`: token ids with their own
+    # seeded order, to be fed to Keras's `fit` as they are.
+    kerasft_token_batches = True
 
     def __init__(
         self,
