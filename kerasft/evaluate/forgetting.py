@@ -172,11 +172,13 @@ class ForgettingMonitor(keras.callbacks.Callback):
             perplexity on general text than the base).
         action: `"warn"` (a `UserWarning`) or `"stop"` (ends training after
             the epoch, `model.stop_training = True`).
-        **kwargs: passed to `forgetting` (`reference`, `tokenizer`, `probes`,
+        tokenizer: the model's tokenizer. Needed when `fit` runs inside
+            `kerasft.pretokenized`, which detaches the preprocessor.
+        **kwargs: passed to `forgetting` (`reference`, `probes`,
             `sequence_length`, `batch_size`, `max_characters`).
     """
 
-    def __init__(self, threshold: float = 1.1, action: str = "warn", **kwargs):
+    def __init__(self, threshold: float = 1.1, action: str = "warn", tokenizer=None, **kwargs):
         super().__init__()
         if action not in ("warn", "stop"):
             raise ValueError(f"`action` must be 'warn' or 'stop'. Received: action={action!r}")
@@ -186,7 +188,7 @@ class ForgettingMonitor(keras.callbacks.Callback):
             raise ValueError(f"`threshold` must be a positive number. Received: threshold={threshold!r}")
         self.threshold = float(threshold)
         self.action = action
-        self.kwargs = kwargs
+        self.kwargs = {**kwargs, "tokenizer": tokenizer}
         self.base_scores = None
         self.ratios = []
 

@@ -112,9 +112,10 @@ def test_monitor_logs_the_ratio_and_stops_past_the_threshold(pretrained):
     recipe = LoRA(rank=4)
     model = recipe.apply(model)
     recipe.compile(model, learning_rate=3e-2)
-    monitor = ForgettingMonitor(threshold=1.0 + 1e-9, action="stop", **SMALL)
-    with pretokenized(model):
-        history = model.fit(_unrelated_batches(model.preprocessor.tokenizer), epochs=3, verbose=0,
+    tokenizer = model.preprocessor.tokenizer
+    monitor = ForgettingMonitor(threshold=1.0 + 1e-9, action="stop", tokenizer=tokenizer, **SMALL)
+    with pretokenized(model):  # detaches the preprocessor: the monitor holds the tokenizer
+        history = model.fit(_unrelated_batches(tokenizer), epochs=3, verbose=0,
                             callbacks=[monitor])
     assert len(history.history["forgetting_ratio"]) == 1  # stopped after the first epoch
     assert history.history["forgetting_ratio"][0] == monitor.ratios[0] > 1.0
