@@ -126,3 +126,26 @@ def test_adapter_export_refuses_what_llama_cpp_cannot_load(source_path, trained,
     LoRA(rank=2, targets=("query",), use_dora=True).apply(plain)
     with pytest.raises(ValueError, match=r"llama.cpp has no DoRA"):
         write_gguf_lora_adapter(plain, tmp_path / "c.gguf")
+
+
+def test_source_export_of_a_changed_k_quant_falls_back_to_k_quant_type():
+    from kerasft.layers.lora import LoRADense
+    from kerasft.models.gemma3_gguf_export import _gguf_tensor
+    from kerasft.models.gemma3_gguf_format import GGUFTensorSpec
+    from kerasft.quantization.gguf_dense import GGUFEinsumDense
+    from tests.quantization.test_gguf_blocks import random_blocks
+
+    dense = keras.layers.Dense(4, use_bias=False, name="ffw_linear")
+    dense.build((None, 256))
+    layer = GGUFEinsumDense.from_gguf(dense, random_blocks("Q4_K", 4, 256), "Q4_K")
+    spec = GGUFTensorSpec("blk.0.ffn_down.weight", layer.blocks, "dense", (256, 4))
+    data, raw, written = _gguf_tensor(spec, "source", layer, None, "Q8_0")
+    assert written == "Q4_K" and raw.name == "Q4_K"
+    np.testing.assert_array_equal(data, layer.gguf_data())  # unchanged: copied
+    wrapper = LoRADense(layer, rank=2, target_path="ffw_linear")
+    wrapper.build()
+    wrapper.lora_b.assign(np.full((2, 4), 0.1, "float32"))
+    data, raw, written = _gguf_tensor(spec, "source", layer, wrapper, "Q8_0")
+    assert written == "Q8_0"
+    merged = keras.ops.convert_to_numpy(float_kernel(layer) + wrapper.delta_kernel()).T
+    np.testing.assert_array_equal(data, gguf.quants.quantize(merged, gguf.GGMLQuantizationType.Q8_0))
