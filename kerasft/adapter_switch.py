@@ -6,12 +6,22 @@ training. Every adapter method in kerasft is an `AdapterWrapper` (LoRA,
 DoRA, QLoRA, IA3, bottleneck adapters, prefixes and soft prompts, QAT), so
 switching each wrapper to call its wrapped layer alone gives exactly the
 base model from the same weights.
+
+The same module keeps several named adapters on one base (`add_adapter`,
+`set_adapter`, `combine_adapters`, `save_adapters` / `load_adapters`); see
+the design note above `_NamedAdapters`.
 """
 
 import contextlib
+import json
+import math
+import os
+import pathlib
+import re
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 
 from kerasft.targeting import adapter_wrappers
 
@@ -85,14 +95,6 @@ def adapters_disabled(model: keras.Model, reset_compiled: bool = True) -> Iterat
 # about names, and outputs with "a" active are those of a model that only
 # had "a", by construction.
 # ---------------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 NAMED_ADAPTERS_FILE = "kerasft_adapters.json"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
