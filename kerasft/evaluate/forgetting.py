@@ -145,7 +145,9 @@ def forgetting(
     elif isinstance(base, keras.Model):
         base_scores = _scores(base, batches, probes, tokenizer)
     elif base is None:
-        with adapters_disabled(model):
+        # No Keras trace is used here (the scorers trace afresh), and inside `fit`
+        # (ForgettingMonitor) the model's train function must survive the switch.
+        with adapters_disabled(model, reset_compiled=False):
             base_scores = _scores(model, batches, probes, tokenizer)
     else:
         raise ValueError("`base` must be None, a keras.Model or a previous result's 'base'. "
