@@ -88,3 +88,34 @@ def call_decoder_block(block: Any, x: Any, padding_mask: Any) -> Any:
     from keras import ops
 
     return block(x, padding_mask=ops.cast(padding_mask, "int32"))
+
+
+def set_activation_checkpointing(model: Any, enabled: bool = True) -> None:
+    """Rematerialises every decoder block in the backward pass (or stops doing so).
+
+    Each block keeps only its input for the backward pass and recomputes its
+    activations there: the activation memory of a training step falls from
+    all blocks' intermediates to one block's, for one more forward pass of
+    the blocks. This is Keras's `RematScope(mode="full")` set on blocks that
+    already exist: keras 3.15's `Layer.__call__` wraps `call` in
+    `keras.remat` when the layer's private `_remat_mode` is set (the scope
+    only sets it at construction), on JAX (`jax.checkpoint`) and torch
+    (`torch.utils.checkpoint`).
+
+    Args:
+        model: a keras-hub causal LM or backbone.
+        enabled: True to checkpoint every block, False to stop.
+    """
+    from keras.src.backend.common.remat import RematMode
+
+    mode = RematMode("full", None, []) if enabled else None
+    for block in decoder_blocks(model):
+        block._remat_mode = mode
+
+
+def activation_checkpointing(model: Any) -> bool:
+    """Whether every decoder block of `model` is rematerialised."""
+    return all(
+        getattr(getattr(block, "_remat_mode", None), "mode", None) == "full"
+        for block in decoder_blocks(model)
+    )

@@ -7,7 +7,7 @@ here, where recipes have always imported them from.
 
 import keras
 
-from kerasft import losses, optimizers
+from kerasft import losses, optimizers, training_forward
 from kerasft.recipes import precision
 from kerasft.recipes.applied import (  # noqa: F401  (re-exported)
     AppliedRecipe,
@@ -129,6 +129,8 @@ class Recipe:
         gradient_accumulation_steps=1,
         clipnorm=1.0,
         loss_scale="auto",
+        logits_chunk_size=128,
+        activation_checkpointing=None,
         **overrides,
     ):
         """Compiles `model` for a plain `model.fit()`.
@@ -151,6 +153,17 @@ class Recipe:
                 `keras.optimizers.LossScaleOptimizer` when any layer computes
                 in float16 (Keras itself looks only at the outer model's
                 policy); True always, False never.
+            logits_chunk_size: with the default loss and metrics on a
+                keras-hub causal LM, `fit` computes logits only at the
+                positions with nonzero sample weight, this many at a time
+                (`kerasft.training_forward`; `predict`, `evaluate` and
+                `generate` keep full logits). `None` computes full logits
+                in training too. A `loss`, `metrics` or `weighted_metrics`
+                override also does (its functions may need every logit).
+            activation_checkpointing: True rematerialises every decoder
+                block in the backward pass (memory of one block's
+                activations, one more forward pass of the blocks), False
+                stops it, None leaves the model as it is.
             **overrides: passed to `model.compile` (`optimizer`, `loss`,
                 `weighted_metrics`, `sampler`, `jit_compile`, ...), replacing
                 the defaults.
@@ -166,15 +179,23 @@ class Recipe:
             gradient_accumulation_steps=gradient_accumulation_steps,
             clipnorm=clipnorm,
         )
+        default_loss = not {"loss", "metrics", "weighted_metrics"} & set(overrides)
+        token_mean = gradient_accumulation_steps == 1
         # Without accumulation: mean over the batch's trained tokens. With it,
         # the token count of the whole step comes from TokenNormalizedBatches.
-        overrides.setdefault(
-            "loss", losses.causal_lm_loss(token_mean=gradient_accumulation_steps == 1)
-        )
+        overrides.setdefault("loss", losses.causal_lm_loss(token_mean=token_mean))
         optimizer = optimizers.drop_unused_weight_decay(optimizer, model.trainable_variables)
         optimizer = precision.loss_scale_optimizer(model, optimizer, loss_scale)
         overrides.setdefault("weighted_metrics", losses.causal_lm_metrics())
+        if activation_checkpointing is not None:
+            from kerasft.models import architecture
+
+            architecture.set_activation_checkpointing(model, bool(activation_checkpointing))
         model.compile(optimizer=optimizer, **overrides)
+        if default_loss and logits_chunk_size is not None and training_forward.is_causal_lm(model):
+            training_forward.install(model, token_mean=token_mean, chunk_size=logits_chunk_size)
+        else:
+            training_forward.uninstall(model)
         return model
 
     def get_config(self):
