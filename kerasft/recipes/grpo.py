@@ -35,6 +35,13 @@ from kerasft.targeting import adapter_wrappers
 ADVANTAGE_EPSILON = 1e-4
 
 
+def _reward_functions():
+    from kerasft.data.preference import part_of_speech_reward
+
+    # Rewards a config file can name (`reward_fns: [part_of_speech]`).
+    return {"part_of_speech": part_of_speech_reward}
+
+
 def group_advantages(rewards, group_size: int) -> np.ndarray:
     """Group-normalised advantages of `P * G` rewards laid out prompt by prompt.
 
@@ -136,7 +143,8 @@ class GRPO(Recipe):
             G times; `completions`: decoded strings when the model has a
             tokenizer, else arrays of completion token ids), or
             `RewardScorer`s (scoring prompt + completion); rewards are summed.
-            Not part of the saved config: pass them again when loading.
+            A name (`"part_of_speech"`) stands for a shipped reward and is
+            kept in the config; callables are not: pass them again.
         group_size: completions per prompt, G >= 2.
         beta: weight of the KL to the reference (0 skips the reference pass).
         clip: the ratio clip epsilon.
@@ -151,9 +159,16 @@ class GRPO(Recipe):
 
     def __init__(self, reward_fns: Sequence[Callable] = (), group_size=4, beta=0.04, clip=0.2,
                  base=None, max_new_tokens=16, temperature=1.0, updates_per_rollout=1, seed=0):
-        if callable(reward_fns):
+        if callable(reward_fns) or isinstance(reward_fns, str):
             reward_fns = [reward_fns]
-        self.reward_fns = list(reward_fns)
+        known = _reward_functions()
+        unknown = [fn for fn in reward_fns if isinstance(fn, str) and fn not in known]
+        if unknown:
+            raise ValueError(f"Unknown reward name {unknown[0]!r}; named rewards are "
+                             f"{sorted(known)}. Received: reward_fns={list(reward_fns)!r}")
+        # Names are kept for get_config; callables and reward models are not serialisable.
+        self.reward_names = [fn for fn in reward_fns if isinstance(fn, str)]
+        self.reward_fns = [known[fn] if isinstance(fn, str) else fn for fn in reward_fns]
         bad = [fn for fn in self.reward_fns if not callable(fn)]
         if bad:
             raise ValueError(f"`reward_fns` must be callables. Received: {bad[0]!r}")
@@ -342,7 +357,8 @@ class GRPO(Recipe):
         return float(np.mean(self.rewards(rollout)))
 
     def get_config(self):
-        return {"method": self.method, "group_size": self.group_size, "beta": self.beta,
+        return {"method": self.method, "reward_fns": list(self.reward_names),
+                "group_size": self.group_size, "beta": self.beta,
                 "clip": self.clip, "base": self.base.get_config(),
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
                 "updates_per_rollout": self.updates_per_rollout, "seed": self.seed}

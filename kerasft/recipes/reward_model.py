@@ -157,8 +157,14 @@ class RewardModel(Recipe):
                 "Gradient accumulation is not supported for the reward model yet. Received: "
                 f"gradient_accumulation_steps={kwargs['gradient_accumulation_steps']}"
             )
-        kwargs.setdefault("loss", None)
-        kwargs.setdefault("weighted_metrics", None)
+        for key in ("loss", "weighted_metrics"):
+            if kwargs.get(key) is not None:
+                # Token losses / metrics of a causal LM cannot read one reward per row.
+                raise ValueError(
+                    f"RewardModel.compile sets its own loss and metrics (Bradley-Terry, "
+                    f"reward_margin, reward_accuracy). Received: {key}={kwargs[key]!r}"
+                )
+            kwargs[key] = None
         return super().compile(model, learning_rate=learning_rate, **kwargs)
 
     def merge(self, model, batch=None, **options):
