@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from kerasft import testing
 from kerasft.export.hf import export_hf
@@ -12,6 +11,7 @@ from kerasft.targeting import adapter_wrappers
 from tests.conftest import to_numpy, weights_by_path
 from tests.export.conftest import exportable_causal_lm, perturb_adapters
 
+torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from kerasft import testing
 from kerasft.export.hf import export_hf
@@ -14,6 +13,7 @@ from kerasft.targeting import adapter_wrappers
 from tests.conftest import to_numpy
 from tests.export.conftest import exportable_causal_lm, perturb_adapters
 
+torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
