@@ -1,4 +1,4 @@
-"""Validation while training: response loss as a metric, and early stopping on it.
+"""Validation while training: response loss as a metric or a callback, and early stopping on it.
 
 Keras's `val_loss` is the mean of per-batch losses weighted by the number of
 rows in each batch, so batches holding more response tokens do not count for
@@ -7,6 +7,13 @@ has the same number of trained tokens. `ResponseLoss` is the token-weighted
 mean NLL over all scored positions of all batches, exactly what
 `evaluate.perplexity` reports (`exp(val_response_loss)` is the held-out
 response perplexity); `TrainingHistory` writes that perplexity beside it.
+
+Compiling a metric makes Keras compute full-vocabulary logits in training
+(kerasft's default `recipe.compile` computes them only at weighted positions,
+`kerasft.training_forward`). `ResponseValidation` instead runs
+`evaluate.perplexity` (no full logits either) on the validation batches
+after every epoch and adds `val_response_loss` / `val_response_perplexity`
+to the epoch logs: the entry point uses it.
 """
 
 import keras
@@ -44,6 +51,31 @@ class ResponseLoss(keras.metrics.Metric):
     def reset_state(self):
         self.total.assign(0.0)
         self.weight.assign(0.0)
+
+
+class ResponseValidation(keras.callbacks.Callback):
+    """Adds `val_response_loss` and `val_response_perplexity` to every epoch's logs.
+
+    The values are `kerasft.evaluate.perplexity(model, batches)`'s `loss` and
+    `perplexity`. Put this callback before any that reads them
+    (`early_stopping`, `TrainingHistory`): Keras hands one logs dict to the
+    callbacks in order.
+
+    Args:
+        batches: `(x, y, sample_weight)` batches (a `SequenceBatches`).
+    """
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kerasft.evaluate.perplexity import perplexity
+
+        scores = perplexity(self.model, self.batches, progress=False)
+        if logs is not None:
+            logs["val_response_loss"] = scores["loss"]
+            logs["val_response_perplexity"] = scores["perplexity"]
 
 
 def validation_metrics() -> list:

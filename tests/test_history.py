@@ -8,7 +8,13 @@ import pytest
 from kerasft import evaluate, testing
 from kerasft.history import EPOCHS_FILE, PLOT_FILE, STEPS_FILE, TrainingHistory, read_history
 from kerasft.recipes import LoRA
-from kerasft.validation import ResponseLoss, StopAfterSteps, early_stopping, validation_metrics
+from kerasft.validation import (
+    ResponseLoss,
+    ResponseValidation,
+    StopAfterSteps,
+    early_stopping,
+    validation_metrics,
+)
 
 
 def _train(tmp_path, epochs=2, callbacks=(), **fit_kwargs):
@@ -87,3 +93,18 @@ def test_response_loss_metric_by_hand():
     metric.update_state(np.array([[2, 1]]), logits, np.array([[1.0, 1.0]]))
     expected = (-math.log(0.5) - math.log(0.25) - math.log(0.8)) / 3
     assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_response_validation_callback_logs_evaluate_perplexity(tmp_path):
+    validation = testing.random_token_batch(batch_size=3, seed=2)
+    batches = _as_batches(validation, 2)
+    model = LoRA(rank=2).apply(testing.tiny_causal_lm("gemma3"))
+    LoRA(rank=2).compile(model, learning_rate=2e-2)  # the default: no full-logits metric
+    x, y, w = testing.random_token_batch(batch_size=8, seed=1)
+    history = TrainingHistory(tmp_path, plot=False, tensorboard=False)
+    logs = model.fit(x, y, sample_weight=w, batch_size=4, epochs=2, verbose=0,
+                     callbacks=[ResponseValidation(batches), history]).history
+    measured = evaluate.perplexity(model, batches, progress=False)
+    assert logs["val_response_loss"][-1] == measured["loss"]
+    assert logs["val_response_perplexity"][-1] == measured["perplexity"]
+    assert [e["val_response_loss"] for e in history.epochs] == logs["val_response_loss"]

@@ -3,8 +3,8 @@ forgetting checks, continuing a saved adapter (the `training:` keys below).
 
 - `training.validation_examples`: validate every epoch on this many records
   of the task's validation split (never trained on, nor the held-out test
-  set the run reports); `val_response_loss` is the token-weighted response
-  NLL (`kerasft.validation.ResponseLoss`), equal to `evaluate.perplexity`'s.
+  set the run reports); `val_response_loss` is `evaluate.perplexity`'s loss
+  on them (`kerasft.validation.ResponseValidation`).
 - `training.early_stopping`: patience in epochs on `val_response_loss`
   (needs validation).
 - `training.history` (default true): write `output_dir/history/` (CSV, PNG,
@@ -47,19 +47,20 @@ def fit_options(model, task, config: dict, steps: int, accumulation: int = 1):
 
     Returns:
         `(steps, fit_kwargs, compile_kwargs)`: the optimizer steps the run
-        will take (`max_steps` caps them), `callbacks` and `validation_data`
-        for `fit`, and `weighted_metrics` for `recipe.compile`.
+        will take (`max_steps` caps them), `callbacks` for `fit`, and
+        keyword arguments for `recipe.compile` (none at present).
     """
-    from kerasft.validation import StopAfterSteps, early_stopping, validation_metrics
+    from kerasft.validation import ResponseValidation, StopAfterSteps, early_stopping
 
     training = config["training"]
-    callbacks, fit_kwargs = [], {}
-    compile_kwargs = {"weighted_metrics": validation_metrics()} if task.token_batches else {}
+    # No compile override: a compiled metric would make training compute full logits.
+    callbacks, fit_kwargs, compile_kwargs = [], {}, {}
     if training.get("validation_examples") is not None:
         count = _positive_int(training, "validation_examples")
-        fit_kwargs["validation_data"] = task.validation_batches(count)
+        # First: the callbacks after it read the validation numbers it logs.
+        callbacks.append(ResponseValidation(task.validation_batches(count)))
     if training.get("early_stopping") is not None:
-        if "validation_data" not in fit_kwargs:
+        if not callbacks:
             raise ValueError("`training.early_stopping` needs `training.validation_examples`. "
                              f"Received: early_stopping={training['early_stopping']!r}")
         callbacks.append(early_stopping(_positive_int(training, "early_stopping")))
