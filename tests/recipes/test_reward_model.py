@@ -56,12 +56,13 @@ def test_reward_is_the_head_on_the_pooled_last_token():
 def test_separable_pairs_reach_accuracy_one_and_reload_exactly(tmp_path):
     recipe, scorer = make_scorer()
     held_out = separable_pairs(seed=7)
-    before = preference_accuracy(scorer, held_out, progress=False)["accuracy"]
+    before = preference_accuracy(scorer, held_out, progress=False)
     history = scorer.fit(separable_pairs(), epochs=10, verbose=0, shuffle=False).history
     assert history["loss"][-1] < history["loss"][0]
     assert history["reward_accuracy"][-1] == 1.0
     after = preference_accuracy(scorer, held_out, progress=False)
-    assert after["accuracy"] == 1.0 and after["mean_margin"] > 0 and before < 1.0
+    # The small random head may already order the pairs; training widens the margin.
+    assert after["accuracy"] == 1.0 and after["mean_margin"] > before["mean_margin"] + 1.0
     save_adapter(scorer, tmp_path / "reward")
     reloaded = load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path / "reward")
     assert isinstance(reloaded, RewardScorer)
