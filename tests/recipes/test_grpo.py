@@ -51,7 +51,7 @@ def test_a_reward_preferring_some_tokens_rises_in_a_few_steps():
     after = expected_low_mass(policy)
     assert len(history["mean_reward"]) == 10
     assert np.all(after > before + 0.03), (before, after)
-    assert np.mean(after) > np.mean(before) + 0.06, (before, after)
+    assert np.mean(after) > np.mean(before) + 0.04, (before, after)
 
 
 def test_loss_equals_the_clipped_objective_with_kl_by_hand():
