@@ -14,12 +14,15 @@ Two packers:
 - `pack_examples` (instruction data, `pack=True`): whole examples are placed
   into rows (best fit), never split, with their loss masks kept.
 
-Attention is NOT isolated between the examples or documents that share a row:
-keras-hub Gemma models use a plain causal mask over the whole row, so a token
-can attend to earlier examples in its row. Loss masks stay exact (an example's
-BOS is never a target in instruction packing), but the context seen by the
-model differs from training the examples one per row. Positions also keep
-counting across example boundaries.
+With `return_segment_ids=True` each packer also returns `segment_ids`
+[N, T + 1] (int32): 1, 2, ... for the examples or documents of a row in
+order, 0 for padding. Fed to the model as `x["segment_ids"]` (the first `T`
+columns), they make attention block-diagonal per example and restart the
+rotary positions at each example (`kerasft.models.segments`, through
+`kerasft.training_forward`), so a packed row trains exactly as its examples
+one per row. Without them, keras-hub's plain causal mask spans the whole row:
+a token then attends to the earlier examples of its row and positions keep
+counting across boundaries (loss masks stay exact either way).
 """
 
 import bisect
@@ -31,7 +34,10 @@ REMAINDER_MODES = ("pad", "drop")
 
 
 def pad_examples(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]], sequence_length: int, pad_id: int = 0
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    sequence_length: int,
+    pad_id: int = 0,
+    return_segment_ids: bool = False,
 ):
     """Places one example per row, padded at the end.
 
@@ -40,21 +46,25 @@ def pad_examples(
             `sequence_length + 1` tokens each.
         sequence_length: The model input length `T`.
         pad_id: Token id used for padding.
+        return_segment_ids: also return `segment_ids` (see module docstring).
 
     Returns:
-        `(ids, target_weights, lengths)` arrays (see module docstring).
+        `(ids, target_weights, lengths)` arrays (see module docstring), and
+        `segment_ids` last with `return_segment_ids=True`.
     """
-    return _fill_rows([[i] for i in range(len(examples))], examples, sequence_length, pad_id)
+    rows = [[i] for i in range(len(examples))]
+    return _fill_rows(rows, examples, sequence_length, pad_id, return_segment_ids)
 
 
-def _fill_rows(rows, examples, sequence_length, pad_id):
+def _fill_rows(rows, examples, sequence_length, pad_id, return_segment_ids=False):
     width = sequence_length + 1
     ids = np.full((len(rows), width), pad_id, dtype="int32")
     weights = np.zeros((len(rows), width), dtype="float32")
     lengths = np.zeros((len(rows),), dtype="int32")
+    segment_ids = np.zeros((len(rows), width), dtype="int32")
     for row, members in enumerate(rows):
         position = 0
-        for member in members:
+        for segment, member in enumerate(members, start=1):
             example_ids, example_weights = examples[member]
             end = position + len(example_ids)
             if end > width:
@@ -64,13 +74,19 @@ def _fill_rows(rows, examples, sequence_length, pad_id):
                 )
             ids[row, position:end] = example_ids
             weights[row, position:end] = example_weights
+            segment_ids[row, position:end] = segment
             position = end
         lengths[row] = position
+    if return_segment_ids:
+        return ids, weights, lengths, segment_ids
     return ids, weights, lengths
 
 
 def pack_examples(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]], sequence_length: int, pad_id: int = 0
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    sequence_length: int,
+    pad_id: int = 0,
+    return_segment_ids: bool = False,
 ):
     """Packs several examples per row (best fit, examples never split).
 
@@ -83,9 +99,11 @@ def pack_examples(
             `sequence_length + 1` tokens each.
         sequence_length: The model input length `T`.
         pad_id: Token id used for padding the end of each row.
+        return_segment_ids: also return `segment_ids` (see module docstring).
 
     Returns:
-        `(ids, target_weights, lengths)` arrays (see module docstring).
+        `(ids, target_weights, lengths)` arrays (see module docstring), and
+        `segment_ids` last with `return_segment_ids=True`.
     """
     width = sequence_length + 1
     rows: list[list[int]] = []
@@ -109,7 +127,7 @@ def pack_examples(
             space = width - size
         if space > 0:
             bisect.insort(free, (space, row))
-    return _fill_rows(rows, examples, sequence_length, pad_id)
+    return _fill_rows(rows, examples, sequence_length, pad_id, return_segment_ids)
 
 
 def pack_token_stream(
@@ -117,6 +135,7 @@ def pack_token_stream(
     sequence_length: int,
     pad_id: int = 0,
     remainder: str = "pad",
+    return_segment_ids: bool = False,
 ):
     """Concatenates documents and cuts the stream into rows of `T + 1` tokens.
 
@@ -131,10 +150,15 @@ def pack_token_stream(
         remainder: What to do with the last `len(stream) % (T + 1)` tokens:
             `"pad"` keeps them in a final row padded with `pad_id` (padding has
             target weight 0); `"drop"` discards them.
+        return_segment_ids: also return `segment_ids`: each row numbers the
+            pieces of documents it holds 1, 2, ...; the first token of a
+            document then gets target weight 0, since with per-document
+            attention nothing before it in its own document predicts it.
 
     Returns:
         `(ids, target_weights, lengths)` arrays; target weight is 1 for every
-        real token.
+        real token (but see `return_segment_ids`); and `segment_ids` last with
+        `return_segment_ids=True`.
 
     Raises:
         ValueError: If `remainder` is unknown, or no row can be formed.
@@ -144,11 +168,10 @@ def pack_token_stream(
             f"`remainder` must be one of {REMAINDER_MODES}. Received: remainder={remainder!r}"
         )
     width = sequence_length + 1
-    stream = (
-        np.concatenate([np.asarray(d, dtype="int32").reshape(-1) for d in documents])
-        if len(documents)
-        else np.zeros((0,), "int32")
-    )
+    pieces = [np.asarray(d, dtype="int32").reshape(-1) for d in documents]
+    stream = np.concatenate(pieces) if pieces else np.zeros((0,), "int32")
+    # The document index of every stream token.
+    owner = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces]).astype("int32")
     num_full, leftover = divmod(len(stream), width)
     if remainder == "drop" or leftover == 0:
         num_rows, leftover = num_full, 0
@@ -168,4 +191,18 @@ def pack_token_stream(
     lengths = np.full((num_rows,), width, dtype="int32")
     if leftover:
         lengths[-1] = leftover
-    return ids.reshape(num_rows, width), weights.reshape(num_rows, width), lengths
+    ids, weights = ids.reshape(num_rows, width), weights.reshape(num_rows, width)
+    if not return_segment_ids:
+        return ids, weights, lengths
+    owners = np.full((num_rows * width,), -1, dtype="int32")
+    owners[:used] = owner[:used]
+    owners = owners.reshape(num_rows, width)
+    starts = np.ones_like(owners, dtype=bool)
+    starts[:, 1:] = owners[:, 1:] != owners[:, :-1]
+    segment_ids = np.where(owners >= 0, np.cumsum(starts & (owners >= 0), axis=1), 0)
+    # A document's first token (not a row's continuation of one) is no target.
+    first = np.zeros((num_rows * width,), dtype=bool)
+    starts_of_documents = np.cumsum([0] + [len(p) for p in pieces[:-1]]).astype("int64")
+    first[starts_of_documents[starts_of_documents < used]] = True
+    weights = np.where(first.reshape(num_rows, width), 0.0, weights).astype("float32")
+    return ids, weights, lengths, segment_ids.astype("int32")

@@ -150,3 +150,24 @@ def test_instruction_packing_is_deterministic(tokenizer):
     a = instruction_arrays(records, tokenizer, sequence_length=160, pack=True, seed=5)
     b = instruction_arrays(records, tokenizer, sequence_length=160, pack=True, seed=5)
     np.testing.assert_array_equal(a[0]["token_ids"], b[0]["token_ids"])
+
+
+def test_pack_examples_segment_ids_number_the_examples_of_each_row():
+    examples = [(np.arange(1, 4), np.ones(3)), (np.arange(4, 6), np.ones(2)), (np.arange(6, 10), np.ones(4))]
+    ids, weights, lengths, segment_ids = pack_examples(examples, 5, return_segment_ids=True)
+    np.testing.assert_array_equal(segment_ids, [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]])
+    plain = pack_examples(examples, 5)
+    for got, want in zip((ids, weights, lengths), plain):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_pack_token_stream_segment_ids_and_no_cross_document_target():
+    documents = [np.arange(1, 5), np.arange(5, 8), np.arange(8, 14)]
+    ids, weights, lengths, segment_ids = pack_token_stream(documents, 4, return_segment_ids=True)
+    np.testing.assert_array_equal(ids, [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 0, 0]])
+    np.testing.assert_array_equal(segment_ids, [[1, 1, 1, 1, 2], [1, 1, 2, 2, 2], [1, 1, 1, 0, 0]])
+    # Tokens 5 and 8 start documents: nothing in their own document predicts them.
+    np.testing.assert_array_equal(
+        weights, [[0, 1, 1, 1, 0], [1, 1, 0, 1, 1], [1, 1, 1, 0, 0]]
+    )
+    np.testing.assert_array_equal(lengths, [5, 5, 3])
