@@ -79,7 +79,11 @@ def main():
             results[name]["step_s"] = step_time(model, batch, args.steps)
         del model
         gc.collect()
-        print(f"{name}: loaded in {load:.1f} s, weights {results[name]['bytes'] / 2**20:.1f} MiB", flush=True)
+        step = f", LoRA step {results[name]['step_s']:.2f} s" if not args.no_steps else ""
+        print(
+            f"{name}: loaded in {load:.1f} s, weights {results[name]['bytes'] / 2**20:.1f} MiB{step}",
+            flush=True,
+        )
 
     difference = np.abs(results["gguf"]["logits"] - results["float"]["logits"]).max()
     print(f"backend: {keras.backend.backend()}, held-out tokens: 2 x {args.length}")
