@@ -32,3 +32,30 @@ def test_kernel_names_are_the_dense_layers_of_a_block(kind):
 def test_a_model_without_blocks_is_refused_by_type():
     with pytest.raises(ValueError, match="Sequential"):
         architecture.decoder_blocks(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_activation_checkpointing_trains_the_same_step():
+    """Rematerialised blocks: the same loss and the same SGD step as plain blocks."""
+    import numpy as np
+
+    from kerasft import testing
+    from kerasft.recipes import LoRA
+    from tests.conftest import to_numpy
+
+    model = tiny_causal_lm("gemma3")
+    recipe = LoRA(rank=2, alpha=4)
+    recipe.apply(model)
+    x, y, w = testing.random_token_batch()
+    start = [to_numpy(v).copy() for v in model.trainable_variables]
+    results = []
+    for checkpointing in (False, True):
+        for v, s in zip(model.trainable_variables, start):
+            v.assign(s)
+        recipe.compile(model, optimizer=keras.optimizers.SGD(1.0), activation_checkpointing=checkpointing)
+        assert architecture.activation_checkpointing(model) is checkpointing
+        loss = model.train_on_batch(x, y, sample_weight=w)
+        results.append((loss, [to_numpy(v) - s for v, s in zip(model.trainable_variables, start)]))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert any(np.abs(step).max() > 0 for step in results[0][1])
