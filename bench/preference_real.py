@@ -103,8 +103,17 @@ def run_memory(args, model):
 
     from kerasft.recipes.preference import DPO
 
-    batch = pairs(model, "train", args.batch_size, args.batch_size, 0, False, args.length)[0]
-    x, y, weights = batch
+    if model.preprocessor is not None:
+        x, y, weights = pairs(model, "train", args.batch_size, args.batch_size, 0, False,
+                              args.length)[0]
+    else:  # random weights: token values do not change the step's memory
+        rng = np.random.default_rng(0)
+        rows = 2 * args.batch_size
+        ids = rng.integers(1, 1000, (rows, args.length + 1)).astype("int32")
+        x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((rows, args.length), bool)}
+        y = ids[:, 1:]
+        weights = np.zeros((rows, args.length), "float32")
+        weights[:, args.length // 3:] = 1.0
     recipe = DPO(base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]))
     policy = recipe.apply(model)
     figures = {"rows": int(y.shape[0]), "sequence_length": int(y.shape[1])}
@@ -118,7 +127,8 @@ def run_memory(args, model):
         metrics = [v.value for v in compiled_model.metrics_variables]
 
         def loss(tv, ntv, mv, x, y, w, m=compiled_model):
-            return m.compute_loss_and_updates(tv, ntv, mv, x, y, w, training=True)
+            # training=False only skips loss scaling (no dropout in these models).
+            return m.compute_loss_and_updates(tv, ntv, mv, x, y, w, training=False)
 
         step = jax.jit(jax.value_and_grad(loss, has_aux=True))
         analysis = step.lower(trainable, non_trainable, metrics, x, y, weights).compile()
@@ -143,10 +153,26 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="memory only: the 270M shapes with random weights (no checkpoint)")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
-    model = load_model("gemma3-270m", sequence_length=args.length)
+    if args.random_weights:
+        # Gemma 3 270M's shapes (its config.json) with random weights: for the compiled-memory
+        # comparison only, which depends on shapes, not values.
+        import keras_hub
+
+        backbone = keras_hub.models.Gemma3Backbone(
+            vocabulary_size=262144, image_size=896, num_layers=18, num_query_heads=4,
+            num_key_value_heads=1, hidden_dim=640, intermediate_dim=2048, head_dim=256,
+            query_head_dim_normalize=True, use_query_key_norm=True, use_post_ffw_norm=True,
+            use_post_attention_norm=True, attention_logit_soft_cap=None,
+            final_logit_soft_cap=None, use_sliding_window_attention=True,
+            sliding_window_size=512, local_rope_scaling_factor=1.0, vision_encoder=None)
+        model = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
+    else:
+        model = load_model("gemma3-270m", sequence_length=args.length)
     print(f"loaded in {time.perf_counter() - start:.0f} s", flush=True)
     figures = {"run_dpo": run_dpo, "run_reward": run_reward, "run_grpo": run_grpo,
                "run_memory": run_memory}[f"run_{args.method}"](args, model)

@@ -79,6 +79,8 @@ class GRPOPolicy(keras.Model):
         self.recipe = recipe
         self.kl_tracker = keras.metrics.Mean(name="kl")
         object.__setattr__(self, "backbone", causal_lm.backbone)
+        # Every variable is the causal LM's: built when it is (stateless_call needs it).
+        self.built = causal_lm.built
 
     def call(self, inputs, training=False):
         inputs = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}

@@ -94,6 +94,8 @@ class PreferencePolicy(keras.Model):
         self.accuracy_tracker = keras.metrics.Mean(name="reward_accuracy")
         # `kerasft.adapters` fingerprints the base through `model.backbone`.
         object.__setattr__(self, "backbone", causal_lm.backbone)
+        # Every variable is the causal LM's: built when it is (stateless_call needs it).
+        self.built = causal_lm.built
 
     def call(self, inputs, training=False):
         return self.causal_lm(inputs, training=training)
