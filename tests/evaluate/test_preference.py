@@ -6,8 +6,6 @@ import pytest
 from kerasft import testing
 from kerasft.data.preference import PreferenceBatches
 from kerasft.evaluate.preference import preference_accuracy, preference_margins
-from kerasft.recipes import LoRA
-from kerasft.recipes.preference import DPO
 from kerasft.recipes.reward_model import RewardModel
 from tests.conftest import to_numpy
 
@@ -33,8 +31,14 @@ def test_causal_lm_margin_is_the_response_log_likelihood_difference():
 
 
 def test_ties_count_half_and_reward_model_margins_are_reward_differences():
-    policy = DPO(base=LoRA(rank=2)).apply(testing.tiny_causal_lm("gemma3"))
-    assert preference_accuracy(policy, pairs(), progress=False) == {
+    class Tied:  # a scorer whose margins are exactly 0
+        def pair_margins(self, x, y=None, sample_weight=None):
+            return np.zeros(len(x["token_ids"]) // 2, "float32")
+
+        def __call__(self, x):
+            return np.zeros(len(x["token_ids"]), "float32")
+
+    assert preference_accuracy(Tied(), pairs(), progress=False) == {
         "accuracy": 0.5, "mean_margin": 0.0, "ties": 6, "pairs": 6}
     scorer = RewardModel(base=None, seed=1).apply(testing.tiny_causal_lm("gemma3"))
     x, _, _ = pairs().as_arrays()
