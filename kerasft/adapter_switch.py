@@ -31,8 +31,26 @@ from kerasft.targeting import adapter_wrappers
 _COMPILED_FUNCTIONS = ("train_function", "test_function", "predict_function", "generate_function")
 
 
+# Bumped at every switch: kerasft's own caches of traced functions
+# (`evaluate.perplexity`'s scorers, `evaluate.greedy_generate`'s sampler)
+# compare it with the value they were traced at, as a switch changes what a
+# trace computes without changing the model's variables.
+_switches = 0
+
+
+def switch_count() -> int:
+    """How many times any model's adapters were switched in this process."""
+    return _switches
+
+
+def _note_switch() -> None:
+    global _switches
+    _switches += 1
+
+
 def reset_compiled_functions(model: keras.Model) -> None:
     """Drops `model`'s cached traced functions so that the next call traces anew."""
+    _note_switch()
     for name in _COMPILED_FUNCTIONS:
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
@@ -69,6 +87,7 @@ def adapters_disabled(model: keras.Model, reset_compiled: bool = True) -> Iterat
     previous = [w.adapter_enabled for w in wrappers]
     for wrapper in wrappers:
         wrapper.adapter_enabled = False
+    _note_switch()
     if reset_compiled:
         reset_compiled_functions(model)
     try:
@@ -76,6 +95,7 @@ def adapters_disabled(model: keras.Model, reset_compiled: bool = True) -> Iterat
     finally:
         for wrapper, enabled in zip(wrappers, previous):
             wrapper.adapter_enabled = enabled
+        _note_switch()
         if reset_compiled:
             reset_compiled_functions(model)
 

@@ -254,3 +254,22 @@ def test_names_survive_save_and_load(tmp_path):
     # Each sub-folder is an ordinary adapter folder.
     single = kerasft.load_adapter(testing.tiny_causal_lm("gemma3"), tmp_path / "all" / "a15")
     np.testing.assert_array_equal(_out(single, x), outputs["a15"])
+
+
+def test_perplexity_inside_the_switch_scores_the_base():
+    # evaluate.perplexity keeps a traced scorer per backbone; before the
+    # switch counter it kept scoring with the adapters on inside the block.
+    from kerasft.evaluate import perplexity
+
+    model = testing.tiny_causal_lm("gemma3")
+    data = [testing.random_token_batch(batch_size=4)]
+    base = perplexity(model, data, progress=False)["loss"]
+    LoRA(rank=2).apply(model)
+    _perturb_trainable(model)
+    adapted = perplexity(model, data, progress=False)["loss"]
+    assert abs(adapted - base) > 1e-4
+    with kerasft.adapters_disabled(model):
+        inside = perplexity(model, data, progress=False)["loss"]
+    after = perplexity(model, data, progress=False)["loss"]
+    np.testing.assert_allclose(inside, base, rtol=1e-6)
+    np.testing.assert_allclose(after, adapted, rtol=1e-6)

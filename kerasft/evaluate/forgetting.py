@@ -13,7 +13,6 @@ measured before training (`base=` a previous result, as `ForgettingMonitor`
 does) or a separate base model.
 """
 
-import importlib
 import math
 import warnings
 from typing import Any
@@ -25,7 +24,6 @@ from kerasft.data.batches import packed_text_batches
 from kerasft.data.general_text import load_general_text, load_probes
 from kerasft.evaluate.multiple_choice import continuation_scores
 from kerasft.evaluate.perplexity import perplexity
-from kerasft.models import architecture
 
 
 def _tokenizer(model, tokenizer):
@@ -68,20 +66,8 @@ def reference_batches(
                                batch_size=batch_size, shuffle=False)
 
 
-def _fresh_perplexity(model, batches):
-    # `evaluate.perplexity` caches a jax.jit trace per backbone; a trace made
-    # with the adapters on (or off) would keep them so inside or after
-    # `adapters_disabled`, which only resets the model's own traced functions.
-    cache = importlib.import_module("kerasft.evaluate.perplexity")._SCORERS
-    cache.pop(architecture.backbone(model), None)
-    try:
-        return perplexity(model, batches, progress=False)
-    finally:
-        cache.pop(architecture.backbone(model), None)
-
-
 def _scores(model, batches, probes, tokenizer):
-    scores = _fresh_perplexity(model, batches)
+    scores = perplexity(model, batches, progress=False)
     result = {"loss": scores["loss"], "perplexity": scores["perplexity"], "tokens": scores["tokens"]}
     if probes:
         probe_scores = continuation_scores(model, [(p["prompt"], p["answer"]) for p in probes],

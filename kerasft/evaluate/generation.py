@@ -186,7 +186,10 @@ def _generate_greedy(model, prompts, *, max_length, batch_size, stop_token_ids, 
     # evaluation (e.g. after every epoch) does not compile again.
     # A recipe applied since the last call changes the model's variables;
     # the cached function is then dropped rather than trusted to retrace.
-    signature = _variables_signature(model)
+    from kerasft.adapter_switch import switch_count
+
+    # An adapter switch changes what the trace computes, not the variables.
+    signature = (_variables_signature(model), switch_count())
     cached_signature, sampler, function = _GREEDY.get(model, (None, None, None))
     if cached_signature != signature:
         sampler, function = keras_hub.samplers.GreedySampler(), None

@@ -183,9 +183,13 @@ class _Scorer:
     @classmethod
     def for_model(cls, backbone, embedding):
         """The cached scorer of `backbone`, rebuilt if its embedding changed."""
+        from kerasft.adapter_switch import switch_count
+
         scorer = _SCORERS.get(backbone)
-        if scorer is None or scorer.embedding is not embedding:
+        if (scorer is None or scorer.embedding is not embedding
+                or scorer.switches != switch_count()):
             scorer = cls(backbone, embedding)
+            scorer.switches = switch_count()
             _SCORERS[backbone] = scorer
         return scorer
 

@@ -108,7 +108,7 @@ def test_a_method_defined_outside_the_library_trains_saves_loads_and_merges(
     assert not np.allclose(trained_output, base_output, atol=1e-6)
 
     kerasft.save_adapter(model, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "kerasft_adapter.json").read_text())
     assert config["method"] == "toy_channel_gain"
     assert sorted(config["target_paths"]) == targets
     # Keyed by the path of the layer each gain changes, as every method's weights.
