@@ -26,16 +26,15 @@ pip_quiet() {
 }
 : >"$log"
 echo "Installing kerasft and its dependencies into .venv (log: $log) ..."
-# torch: PyPI's Linux x86_64 wheel of torch 2.13 is the CUDA build (it pulls
-# the nvidia-* packages, several GB); PyTorch's own index serves the CPU
-# build. Set TORCH_INDEX_URL to choose (e.g. https://download.pytorch.org/whl/cu128
-# for a GPU); where that index cannot be reached, PyPI's build is installed
-# (it runs on CPU too). An installed torch 2.13.0 of either build is kept.
-TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+# torch 2.13.0 from the configured index (PyPI by default; the build CI and
+# this repository's machines get there runs on CPU). To choose a build, set
+# TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cpu (CPU only) or
+# .../whl/cu128 (a GPU); if that index cannot be reached, the default index's
+# build is installed. An installed torch 2.13.0 of any build is kept.
 if ! python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
-  if ! python -m pip --disable-pip-version-check -q install --timeout 15 --retries 1 \
-      --index-url "$TORCH_INDEX_URL" "torch==2.13.0" >>"$log" 2>&1; then
-    echo "($TORCH_INDEX_URL not reachable: torch 2.13.0 from PyPI instead)"
+  if [ -z "${TORCH_INDEX_URL:-}" ] || ! python -m pip --disable-pip-version-check -q install \
+      --timeout 15 --retries 1 --index-url "$TORCH_INDEX_URL" "torch==2.13.0" >>"$log" 2>&1; then
+    [ -n "${TORCH_INDEX_URL:-}" ] && echo "($TORCH_INDEX_URL not reachable: torch 2.13.0 from the default index)"
     pip_quiet install "torch==2.13.0"
   fi
 fi

@@ -11,6 +11,11 @@ A batch is `(x, y, sample_weight)` of numpy arrays:
 - Loaders: `read_jsonl`, `read_csv`, `read_tf_dataset`, `read_tfds`,
   `load_records`.
 - Splits: `train_validation_split`, `sample_records`.
+- Preference pairs: `preference_batches`, `PreferenceBatches`,
+  `load_wordnet_preference`; GRPO prompts `load_wordnet_pos` with
+  `part_of_speech_reward`.
+- General text (forgetting checks, replay): `load_general_text`,
+  `load_probes`, `with_replay`.
 - Shipped data: `load_wordnet`, `load_shakespeare`; the TFDS builder
   `kerasft_wordnet` is registered by `import kerasft.data.tfds_wordnet`.
 - Tests: `kerasft.data.testing_tokenizer.tiny_gemma_tokenizer`.
@@ -47,4 +52,16 @@ from kerasft.data.templates import (
     get_template,
     list_templates,
     register_template,
+)
+from kerasft.data.preference import (
+    PreferenceBatches,
+    load_wordnet_pos,
+    load_wordnet_preference,
+    part_of_speech_reward,
+    preference_batches,
+)
+from kerasft.data.general_text import (
+    load_general_text,
+    load_probes,
+    with_replay,
 )

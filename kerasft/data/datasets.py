@@ -6,9 +6,9 @@
   pre-training; validation and test plays are held out from train.
 
 The files are found in `$KERASFT_DATA` if set, otherwise in the `datasets/`
-folder next to the `kerasft` package (an editable install or a source
-checkout). Each dataset folder has a LICENSE and a README describing how it
-was built (`scripts/build_*_dataset.py`).
+folder the wheel carries inside the package, or next to the `kerasft`
+package in a source checkout (`kerasft.shipped`). Each dataset folder has a
+LICENSE and a README describing how it was built (`scripts/build_*_dataset.py`).
 """
 
 import os
@@ -23,14 +23,18 @@ def data_dir() -> Path:
     """The folder holding the shipped datasets.
 
     Returns:
-        `Path($KERASFT_DATA)` if the environment variable is set, else
-        `<repository>/datasets`.
+        `Path($KERASFT_DATA)` if the environment variable is set, else the
+        installed package's copy or `<repository>/datasets`.
 
     Raises:
         FileNotFoundError: If the folder does not exist.
     """
     configured = os.environ.get("KERASFT_DATA")
-    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "datasets"
+    if not configured:  # the wheel's copy, or the source checkout's (`kerasft.shipped`)
+        from kerasft.shipped import shipped_dir
+
+        return shipped_dir("datasets")
+    path = Path(configured)
     if not path.is_dir():
         raise FileNotFoundError(
             "kerasft's shipped datasets were not found (they live in the source "

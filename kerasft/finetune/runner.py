@@ -1,12 +1,9 @@
 """The training run behind `python -m kerasft.finetune` (see `kerasft.finetune`)."""
 
-import argparse
 import contextlib
 import inspect
 import json
-import os
 import pathlib
-import sys
 import time
 from typing import Iterable, Sequence
 
@@ -14,6 +11,7 @@ import keras
 import numpy as np
 
 from kerasft import configs, evaluate
+from kerasft.finetune import extras
 from kerasft.finetune.models import load_model
 from kerasft.finetune.tasks import TASK_KEYS, TRAINING_KEYS, describe_rows, make_task, task_name
 from kerasft.pretokenized import pretokenized
@@ -29,6 +27,7 @@ SCHEMA = {
     "recipe": configs.RECIPE,
     "training": None,  # checked against the task's keys (`kerasft.finetune.tasks.TRAINING_KEYS`)
     "merge?": ["requantize?"],
+    "distribution?": ["data?", "model?"],  # mesh sizes (`kerasft.distribution`, JAX only)
 }
 
 
@@ -95,9 +94,13 @@ def _fit(model, task, config):
         checkpoint = pathlib.Path(config["output_dir"]) / "checkpoint"
         fit_kwargs["callbacks"] = [TrainingCheckpoint(checkpoint, resume=False)]
     steps = steps_per_epoch * training["epochs"]
+    # Validation, early stopping, history files, max_steps, forgetting (kerasft.finetune.extras).
+    steps, extra_fit, extra_compile = extras.fit_options(model, task, config, steps, accumulation)
+    fit_kwargs["callbacks"] = fit_kwargs.get("callbacks", []) + extra_fit.pop("callbacks")
+    fit_kwargs.update(extra_fit)
     recipe.compile(model, learning_rate=training["learning_rate"], total_steps=steps,
                    weight_decay=training.get("weight_decay", 0.01),
-                   gradient_accumulation_steps=accumulation)
+                   gradient_accumulation_steps=accumulation, **extra_compile)
     start = time.perf_counter()
     feeding = pretokenized(model) if task.token_batches else contextlib.nullcontext()
     with feeding:  # token batches, shuffled with `seed` in a new order every epoch
@@ -107,7 +110,7 @@ def _fit(model, task, config):
     print(f"Trained {steps} optimizer steps on {rows} rows of {length} tokens in {seconds:.0f} s "
           f"({tokens / seconds:.0f} tokens/s); mean training loss per epoch: {losses}")
     return {"optimizer_steps": steps, "rows": rows, "sequence_length": length, "tokens": tokens,
-            "train_seconds": seconds, "loss_per_epoch": losses}
+            "train_seconds": seconds, "loss_per_epoch": losses, **extras.history_summary(history)}
 
 
 def _apply_recipe(model, task, config):
@@ -209,6 +212,12 @@ def run(config: dict) -> dict:
         the outputs, `model` and `recipe` are also written to
         `output_dir/metrics.json`.
     """
+    if config.get("distribution") and keras.distribution.distribution() is None:
+        from kerasft.distribution import distribution_from_config
+
+        # The whole run (load, apply, fit, evaluate, reload) under the mesh.
+        with distribution_from_config(config["distribution"]).scope():
+            return run(config)
     keras.utils.set_random_seed(config["seed"])
     model_config = config.get("model") or {}
     start = time.perf_counter()
@@ -219,8 +228,14 @@ def run(config: dict) -> dict:
     config = {**config, "_recipe": recipe_from_config(config["recipe"])}
     task = make_task(config, model.preprocessor.tokenizer)
     before = _scores(task, model) if task.scores_base_model else None
-    model, trainable, initialization = _apply_recipe(model, task, config)
-    training = _fit(model, task, config)
+    if config["training"].get("init_from"):  # continue a saved adapter (kerasft.continual)
+        (model, trainable), initialization = extras.continue_from(model, config), None
+    else:
+        model, trainable, initialization = _apply_recipe(model, task, config)
+    from kerasft.distribution import distribute_model
+
+    distribute_model(model)  # a no-op without a `distribution:` section
+    training = task.fit(model) if hasattr(task, "fit") else _fit(model, task, config)
     after = _scores(task, model)
     output_dir = pathlib.Path(config["output_dir"])
     from kerasft.adapters import save_adapter
@@ -266,30 +281,20 @@ def _numbers(scores):
     return None if scores is None else {k: float(v) for k, v in scores.items() if k != "outputs"}
 
 
-def _check_backend():
-    """Re-runs the command under JAX when Keras is set to a backend kerasft does not support."""
-    if keras.backend.backend() in ("jax", "torch") or os.environ.get("KERAS_BACKEND"):
-        return
-    print(f"kerasft runs on JAX or PyTorch; Keras is set to {keras.backend.backend()!r} "
-          "(keras.json). Running with KERAS_BACKEND=jax.", file=sys.stderr)
-    os.environ["KERAS_BACKEND"] = "jax"
-    os.execv(sys.executable, [sys.executable, "-m", "kerasft.finetune", *sys.argv[1:]])
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
-    """The command line: `--config FILE` and repeated `--set section.key=value`."""
-    parser = argparse.ArgumentParser(
-        prog="kerasft", description="Fine-tune a Gemma-style model from one config file.",
-    )
-    parser.add_argument("--config", required=True, help="a YAML or JSON run config")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value (YAML syntax), e.g. --set training.epochs=2")
-    args = parser.parse_args(argv)
-    if argv is None:
-        _check_backend()
-    return run(load_config(args.config, args.set))
+    """`kerasft [train] --config FILE [--set section.key=value]`: see `kerasft.finetune.cli`.
+
+    Returns:
+        `run`'s result for `train` (the sub-command may be left out), else
+        what the sub-command returns.
+    """
+    from kerasft.finetune.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 def cli() -> None:
-    """The `kerasft` console script: `main()` without a return value (the exit status is 0)."""
-    main()
+    """The `kerasft` console script (`kerasft.finetune.cli.cli`): the exit status is 0."""
+    from kerasft.finetune.cli import cli as command_line
+
+    command_line()

@@ -25,17 +25,20 @@ from typing import Any
 import numpy as np
 
 from kerasft import data, evaluate
+from kerasft.finetune.extras import EXTRA_TRAINING_KEYS
 
 TASK_KEYS = {
     "instruction": ["template", "sequence_length", "train_examples", "eval_examples?",
-                    "generation_max_length?", "generation_batch_size?", "calibration_examples?"],
+                    "generation_max_length?", "generation_batch_size?", "calibration_examples?",
+                    "replay_fraction?"],
     "text": ["sequence_length", "eval_characters"],
     "classification": ["sequence_length", "train_examples", "eval_split", "eval_examples"],
 }
 
 _TRAINING = ["batch_size", "epochs", "learning_rate", "weight_decay?", "checkpoint?"]
 TRAINING_KEYS = {
-    "instruction": [*_TRAINING, "gradient_accumulation_steps?"],
+    # Validation, early stopping, history, max_steps, forgetting, init_from: `kerasft.finetune.extras`.
+    "instruction": [*_TRAINING, "gradient_accumulation_steps?", *EXTRA_TRAINING_KEYS],
     "text": [*_TRAINING, "gradient_accumulation_steps?", "max_train_rows?"],
     # Arrays fit with Keras's own per-example loss: no token-normalised accumulation.
     "classification": _TRAINING,
@@ -46,6 +49,8 @@ def task_name(config: dict) -> str:
     """`data.task`, or the task the recipe implies (`classification` for a classifier)."""
     name = config["data"].get("task")
     if name is None:
+        name = _preference.implied_task(config["recipe"].get("method"))
+    if name is None:
         name = "classification" if config["recipe"].get("method") == "classifier" else "instruction"
     if name not in TASK_KEYS:
         raise ValueError(f"`data.task` must be one of {sorted(TASK_KEYS)}. Received: task={name!r}")
@@ -55,7 +60,8 @@ def task_name(config: dict) -> str:
 def make_task(config: dict, tokenizer) -> "Task":
     """The task of a run config, with its data loaded and tokenised."""
     return {"instruction": InstructionTask, "text": TextTask,
-            "classification": ClassificationTask}[task_name(config)](config, tokenizer)
+            "classification": ClassificationTask, **_preference.TASKS}[task_name(config)](
+                config, tokenizer)
 
 
 class Task:
@@ -87,6 +93,11 @@ class Task:
     def calibration_data(self):
         """Calibration batches for a quantized base, or None."""
         return None
+
+    def validation_batches(self, count: int):
+        """Batches of `count` validation records (`training.validation_examples`)."""
+        raise ValueError(f"`training.validation_examples` is supported by the instruction task "
+                         f"only. Received: validation_examples={count!r}")
 
     def evaluate(self, model) -> dict:
         """Held-out scores (floats), plus `outputs` where the task generates text."""
@@ -124,7 +135,17 @@ class InstructionTask(Task):
         )
 
     def train_batches(self):
-        return self._batches(self.train, self.training["batch_size"], shuffle=True)
+        batches = self._batches(self.train, self.training["batch_size"], shuffle=True)
+        if self.cfg.get("replay_fraction"):  # mix in general text (kerasft.data.general_text)
+            from kerasft.data.general_text import with_replay
+
+            batches = with_replay(batches, self.tokenizer, self.cfg["replay_fraction"], seed=self.seed)
+        return batches
+
+    def validation_batches(self, count):
+        # WordNet's validation split: no word of it is trained on or in the test split.
+        records = data.sample_records(data.load_wordnet("validation"), count, self.seed)
+        return self._batches(records, self.training["batch_size"], shuffle=False)
 
     def probe_inputs(self, count=8):
         return self._batches(self.held_out[:count], count, shuffle=False)[0][0]
@@ -258,3 +279,10 @@ def describe_rows(task: Task, before: Any, after: dict) -> list:
         old = "-" if before is None else fmt.format(before[key])
         rows.append((label, old, fmt.format(after[key])))
     return rows
+
+
+# Preference and RL tasks (DPO, SimPO, reward model, GRPO): kerasft/finetune/preference_tasks.py.
+from kerasft.finetune import preference_tasks as _preference  # noqa: E402
+
+TASK_KEYS.update(_preference.TASK_KEYS)
+TRAINING_KEYS.update(_preference.TRAINING_KEYS)

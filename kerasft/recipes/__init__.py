@@ -28,3 +28,10 @@ __all__ = [
     "recipe_from_config",
     "recipe_from_file",
 ]
+
+# Preference and reinforcement learning.
+from kerasft.recipes.preference import DPO, SimPO  # noqa: E402
+from kerasft.recipes.reward_model import RewardModel  # noqa: E402
+from kerasft.recipes.grpo import GRPO  # noqa: E402
+
+__all__ += ["DPO", "SimPO", "RewardModel", "GRPO"]
