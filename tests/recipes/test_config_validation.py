@@ -98,7 +98,8 @@ SHIPPED_TASKS = {
     "classifier.yaml": "classification", "continued_pretraining.yaml": "text",
     **{name: "instruction" for name in (
         "dora.yaml", "ia3.yaml", "adapters.yaml", "prefix_tuning.yaml", "prompt_tuning.yaml",
-        "ptuning.yaml")},
+        "ptuning.yaml", "sft_lora_mesh.yaml")},
+    "dpo.yaml": "preference", "reward_model.yaml": "preference", "grpo.yaml": "grpo",
 }
 
 
