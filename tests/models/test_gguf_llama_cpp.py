@@ -132,7 +132,9 @@ def test_llama_cpp_and_kerasft_load_the_merged_export_with_equal_logits(adapted,
     # kerasft's loader: the merged file computes what the adapter model does,
     # up to one rounding of the changed tensors (F16, or their Q5_0 / Q8_0).
     expected = model_logits(adapted, np.array([ids], dtype="int32"))[0]
-    bound = 0.05 if tensor_type == "F16" else 1.0
+    # "source" rounds the merged query/value kernels once more into the file's
+    # 4-6 bit types (K-quants into Q8_0): measured 2.4 at logits up to ~90.
+    bound = 0.05 if tensor_type == "F16" else 0.05 * np.abs(expected).max()
     assert np.abs(ours - expected).max() < bound
     assert (np.argmax(ours, -1) == np.argmax(expected, -1)).mean() >= 0.9
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
