@@ -13,6 +13,7 @@ SMALL = {
 }
 
 
+@pytest.mark.slow  # three end-to-end runs: about a minute
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_config_runs_saves_and_reloads(name, tmp_path):
     overrides = ["model.name=tiny", f"output_dir={tmp_path}", *SMALL[name]]
