@@ -8,31 +8,13 @@ from kerasft.recipes.base import (
     Recipe,
     freeze_all,
     mark_applied,
-    recipe_from_config,
     register_recipe,
 )
+from kerasft.recipes.registry import base_recipe
 
 TRAIN_MODES = ("head", "base", "all")
 ACTIVATIONS = ("softmax", None)
 HEAD_NAME = "classifier_head"
-
-
-def _base_recipe(base):
-    if base is None or isinstance(base, Recipe):
-        recipe = base
-    elif isinstance(base, dict):
-        recipe = recipe_from_config(base)
-    else:
-        raise ValueError(
-            "`base` must be a recipe, a recipe config dict or None. "
-            f"Received: base={base!r}"
-        )
-    if isinstance(recipe, Classifier):
-        raise ValueError(
-            "`base` cannot itself be a Classifier; give the recipe for the "
-            f"backbone (e.g. LoRA). Received: base={recipe!r}"
-        )
-    return recipe
 
 
 @register_recipe("classifier")
@@ -89,7 +71,7 @@ class Classifier(Recipe):
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
         self.num_classes = num_classes
         self.pooling = pooling
-        self.base = _base_recipe(base)
+        self.base = base_recipe(base, "Classifier", optional=True, refused=(Classifier,))
         self.train = train
         self.activation = activation
         self.dropout = float(dropout)

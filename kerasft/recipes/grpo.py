@@ -31,6 +31,7 @@ from kerasft.evaluate.generation import decode_generated, generate_token_ids
 from kerasft.recipes.base import Recipe, recipe_from_config, register_recipe
 from kerasft.recipes.preference import reference_logits, token_logprobs
 from kerasft.targeting import adapter_wrappers
+from kerasft.recipes.registry import base_recipe
 
 ADVANTAGE_EPSILON = 1e-4
 
@@ -185,10 +186,7 @@ class GRPO(Recipe):
                 f"`beta` must be >= 0 and `temperature` > 0. Received: beta={beta!r}, "
                 f"temperature={temperature!r}"
             )
-        if isinstance(base, dict):
-            base = recipe_from_config(base)
-        if not isinstance(base, Recipe):
-            raise ValueError(f"`base` must be an adapter recipe (e.g. LoRA(...)). Received: base={base!r}")
+        base = base_recipe(base, "GRPO")
         self.group_size, self.beta, self.clip = group_size, float(beta), float(clip)
         self.base, self.max_new_tokens = base, max_new_tokens
         self.temperature, self.updates_per_rollout, self.seed = float(temperature), updates_per_rollout, seed

@@ -29,6 +29,7 @@ from kerasft.adapter_switch import adapters_disabled
 from kerasft.data.preference import split_pairs
 from kerasft.recipes.base import Recipe, recipe_from_config, register_recipe
 from kerasft.targeting import adapter_wrappers
+from kerasft.recipes.registry import base_recipe
 
 DPO_LOSSES = ("sigmoid", "ipo")
 
@@ -56,19 +57,6 @@ def reference_logits(causal_lm, x):
     with adapters_disabled(causal_lm, reset_compiled=False):
         logits = causal_lm(x, training=False)
     return ops.stop_gradient(logits)
-
-
-def _base_recipe(base, method):
-    if isinstance(base, dict):
-        base = recipe_from_config(base)
-    if not isinstance(base, Recipe):
-        raise ValueError(
-            f"`base` of {method} must be an adapter recipe (e.g. LoRA(...)) or its config dict. "
-            f"Received: base={base!r}"
-        )
-    if isinstance(base, PreferenceRecipe):
-        raise ValueError(f"`base` cannot itself be a preference recipe. Received: base={base!r}")
-    return base
 
 
 @keras.saving.register_keras_serializable(package="kerasft")
@@ -224,7 +212,7 @@ class DPO(PreferenceRecipe):
         if loss not in DPO_LOSSES:
             raise ValueError(f"`loss` must be one of {DPO_LOSSES}. Received: loss={loss!r}")
         self.loss = loss
-        self.base = _base_recipe(base, "DPO")
+        self.base = base_recipe(base, "DPO", refused=(PreferenceRecipe,))
 
     def pair_losses(self, policy, reference):
         (policy_sum, count), (reference_sum, _) = policy, reference
@@ -261,7 +249,7 @@ class SimPO(PreferenceRecipe):
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
             raise ValueError(f"`gamma` must be a number >= 0. Received: gamma={gamma!r}")
         self.gamma = float(gamma)
-        self.base = _base_recipe(base, "SimPO")
+        self.base = base_recipe(base, "SimPO", refused=(PreferenceRecipe,))
 
     def pair_losses(self, policy, reference):
         total, count = policy

@@ -33,6 +33,37 @@ def config_location(source, section):
     return place + (f" of {source}" if source else "")
 
 
+def base_recipe(base, method: str, optional: bool = False, refused: tuple = ()):
+    """The `base=` recipe of a recipe built on another (classifier, reward model, DPO, GRPO).
+
+    Args:
+        base: a recipe, its config dict (`{"method": ..., ...}`), or None
+            when `optional`.
+        method: the wrapping recipe's name, for errors.
+        optional: whether None (no base: only the wrapping recipe trains) is allowed.
+        refused: recipe classes that cannot be a base (the wrapping kind itself).
+
+    Raises:
+        ValueError: naming `base` and what was received.
+    """
+    from kerasft.recipes.base import Recipe
+
+    if base is None and optional:
+        return None
+    if isinstance(base, dict):
+        base = recipe_from_config(base)
+    if not isinstance(base, Recipe):
+        expected = "a recipe (e.g. LoRA(...)), its config dict" + (" or None" if optional else "")
+        raise ValueError(f"`base` of {method} must be {expected}. Received: base={base!r}")
+    for cls in refused:
+        if isinstance(base, cls):
+            raise ValueError(
+                f"`base` of {method} cannot itself be a {cls.__name__}; give the recipe "
+                f"that adapts the model (e.g. LoRA). Received: base={base!r}"
+            )
+    return base
+
+
 def recipe_from_config(config, source=None, section=None):
     """Builds a recipe from `{"method": name, **arguments}`, strictly.
 

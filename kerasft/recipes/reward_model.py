@@ -19,9 +19,9 @@ from kerasft.recipes.base import (
     Recipe,
     freeze_all,
     mark_applied,
-    recipe_from_config,
     register_recipe,
 )
+from kerasft.recipes.registry import base_recipe
 
 HEAD_NAME = "reward_head"
 
@@ -107,12 +107,7 @@ class RewardModel(Recipe):
     method = "reward_model"
 
     def __init__(self, base=None, pooling="last_token", seed=0):
-        if isinstance(base, dict):
-            base = recipe_from_config(base)
-        if base is not None and not isinstance(base, Recipe):
-            raise ValueError(
-                f"`base` must be a recipe, a recipe config dict or None. Received: base={base!r}"
-            )
+        base = base_recipe(base, "RewardModel", optional=True)
         if pooling not in POOLING_MODES:
             raise ValueError(
                 f"`pooling` must be one of {POOLING_MODES}. Received: pooling={pooling!r}"
