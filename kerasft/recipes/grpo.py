@@ -29,8 +29,7 @@ from keras import ops
 
 from kerasft.evaluate.generation import decode_generated, generate_token_ids
 from kerasft.recipes.base import Recipe, recipe_from_config, register_recipe
-from kerasft.recipes.preference import reference_logits, token_logprobs
-from kerasft.targeting import adapter_wrappers
+from kerasft.recipes.preference import adapted_policy, reference_logits, token_logprobs
 from kerasft.recipes.registry import base_recipe
 
 ADVANTAGE_EPSILON = 1e-4
@@ -199,18 +198,13 @@ class GRPO(Recipe):
         return self._build(model, self.base.apply_for_loading)
 
     def _build(self, model, apply_base):
-        from kerasft.recipes.applied import applied_recipes, restore_applied_recipes
-
-        adapted = apply_base(model)
-        model = model if adapted is None else adapted
-        if self.beta and not adapter_wrappers(model):
-            raise ValueError(
+        refusal = None
+        if self.beta:
+            refusal = (
                 "GRPO's reference is the model with its adapters off, so `base` must add "
                 f"adapters (or set beta=0). Received: base={self.base!r}"
             )
-        policy = GRPOPolicy(model, self)
-        restore_applied_recipes(policy, applied_recipes(model))
-        return policy
+        return adapted_policy(model, apply_base, lambda lm: GRPOPolicy(lm, self), refusal)
 
     def compile(self, model, learning_rate=1e-4, **kwargs):
         """Compiles the `GRPOPolicy` (AdamW etc. as `Recipe.compile`; the loss is GRPO's)."""

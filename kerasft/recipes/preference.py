@@ -59,6 +59,29 @@ def reference_logits(causal_lm, x):
     return ops.stop_gradient(logits)
 
 
+def adapted_policy(model, apply_base, make_policy, refusal_without_adapters=None):
+    """Applies a base recipe to the causal LM `model`, then wraps it in a policy model.
+
+    What DPO, SimPO and GRPO share: `apply_base` (the base recipe's `apply`
+    or `apply_for_loading`) adapts `model`; `make_policy(causal_lm)` builds
+    the training model around it, which carries the causal LM's record of
+    applied recipes, so both save the same adapter file.
+
+    Args:
+        refusal_without_adapters: the error message when the base added no
+            adapter (a reference with adapters off needs some), or None.
+    """
+    from kerasft.recipes.applied import applied_recipes, restore_applied_recipes
+
+    adapted = apply_base(model)
+    model = model if adapted is None else adapted
+    if refusal_without_adapters and not adapter_wrappers(model):
+        raise ValueError(refusal_without_adapters)
+    policy = make_policy(model)
+    restore_applied_recipes(policy, applied_recipes(model))
+    return policy
+
+
 @keras.saving.register_keras_serializable(package="kerasft")
 class PreferencePolicy(keras.Model):
     """A causal LM trained on preference pairs by `recipe`'s objective.
@@ -144,21 +167,14 @@ class PreferenceRecipe(Recipe):
         return self._build(model, self.base.apply_for_loading)
 
     def _build(self, model, apply_base):
-        from kerasft.recipes.applied import applied_recipes, restore_applied_recipes
-
-        adapted = apply_base(model)
-        model = model if adapted is None else adapted
-        if self.needs_reference and not adapter_wrappers(model):
-            raise ValueError(
+        refusal = None
+        if self.needs_reference:
+            refusal = (
                 f"{type(self).__name__}'s reference policy is the model with its adapters "
                 "switched off, so `base` must add adapters (LoRA, QLoRA, DoRA, IA3, ...). "
                 f"Received: base={self.base!r}, which added none"
             )
-        policy = PreferencePolicy(model, self)
-        # The trained thing is the base's adapter: the policy carries the causal
-        # LM's record, so both save the same adapter file.
-        restore_applied_recipes(policy, applied_recipes(model))
-        return policy
+        return adapted_policy(model, apply_base, lambda lm: PreferencePolicy(lm, self), refusal)
 
     def compile(self, model, learning_rate=5e-4, **kwargs):
         """Compiles the `PreferencePolicy` for `fit(preference_batches)`.
