@@ -39,5 +39,13 @@ if ! python -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch")
   fi
 fi
 pip_quiet install -e ".[jax,torch,tfds,real,eval,bench,tuning,plots,test]"
+# llama.cpp for the GGUF loop's slow tests (tests/models/llama_cpp_runner.py):
+# llama-cpp-cffi's prebuilt CPU library. --no-deps: its Python layer pins
+# transformers < 5, and the tests load only the compiled module.
+if [ "$(uname -sm)" = "Linux x86_64" ]; then
+  python -m pip --disable-pip-version-check --no-input -q install cffi pycparser \
+      "llama-cpp-cffi==0.4.42" --no-deps --only-binary=llama-cpp-cffi >>"$log" 2>&1 \
+    || echo "(llama-cpp-cffi not installed: the llama.cpp checks will skip)"
+fi
 echo "$want" >"$stamp"
 echo "Installed (log: $log)."

