@@ -23,9 +23,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replay", type=float, default=0.25)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--keep", metavar="DIR", help="write both runs (adapters, metrics) under DIR")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or scratch
         for fraction in (0.0, args.replay):
             overrides = [*args.set, f"output_dir={root}/replay_{fraction}",
                          "training.forgetting={threshold: 1000.0}",

@@ -58,6 +58,8 @@ def trial_config(config: dict, values: dict, output_dir, steps: int | None,
     if steps is not None:
         config["training"]["max_steps"] = steps
     config["show_examples"] = 0
+    # Trials skip the base model's scores and held-out generation (perplexity only).
+    config["_search_trial"] = True
     return config
 
 
@@ -102,7 +104,8 @@ def search(
         `{"trials": [rows sorted by the objective], "best": the best row,
         "best_config": its run config, "output_dir"}`; a row is `{"trial",
         <space names>, "val_response_loss", "val_response_perplexity",
-        "optimizer_steps", "seconds"}`.
+        "held_out_perplexity" (the test split's response perplexity, reported,
+        never the objective), "optimizer_steps", "seconds"}`.
 
     Raises:
         ValueError: for an empty space or budget, an unknown algorithm, or
@@ -140,6 +143,7 @@ def search(
             training = result["training"]
             rows.append({"trial": trial.trial_id, **values, OBJECTIVE: training[OBJECTIVE],
                          "val_response_perplexity": training["val_response_perplexity"],
+                         "held_out_perplexity": result["after"]["perplexity"],
                          "optimizer_steps": training["optimizer_steps"],
                          "seconds": round(time.perf_counter() - start, 1)})
             configs[trial.trial_id] = run_config
@@ -164,7 +168,8 @@ def search(
 
 
 def _write_tables(rows, names, root):
-    columns = ["trial", *names, OBJECTIVE, "val_response_perplexity", "optimizer_steps", "seconds"]
+    columns = ["trial", *names, OBJECTIVE, "val_response_perplexity", "held_out_perplexity",
+               "optimizer_steps", "seconds"]
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -174,7 +179,7 @@ def _write_tables(rows, names, root):
                              for k in columns})
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{row[k]:.4f}" if k in (OBJECTIVE, "val_response_perplexity")
+        cells = [f"{row[k]:.4f}" if k in (OBJECTIVE, "val_response_perplexity", "held_out_perplexity")
                  else json.dumps(row[k]) if isinstance(row[k], (list, dict)) else str(row[k])
                  for k in columns]
         lines.append("| " + " | ".join(cells) + " |")

@@ -36,6 +36,13 @@ def test_search_writes_a_table_whose_best_row_is_the_lowest(tmp_path):
     # The best config is a valid run config.
     finetune.load_config(root / "best_config.yaml")
     assert (root / "results.md").read_text().count("\n") == 4
+    # Trials score the held-out split by perplexity only, and never the base model.
+    assert all(row["held_out_perplexity"] > 1.0 for row in result["trials"])
+    import json
+
+    metrics = json.loads((root / "trials" / table[0]["trial"] / "metrics.json").read_text())
+    assert metrics["before"] is None and set(metrics["after"]) == {"perplexity"}
+    assert metrics["after"]["perplexity"] == float(table[0]["held_out_perplexity"])
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -44,5 +51,6 @@ def test_bad_arguments_are_named(tmp_path):
         tuning.search(config, space={"rank": 4})
     with pytest.raises(ValueError, match="budget=0"):
         tuning.search(config, space={"rank": [4]}, budget=0)
-    assert tuning.trial_config(config, {"rank": 2, "data.replay_fraction": 0.1}, tmp_path, 3, 8)[
-        "recipe"]["rank"] == 2
+    trial = tuning.trial_config(config, {"rank": 2, "data.replay_fraction": 0.1}, tmp_path, 3, 8)
+    assert trial["recipe"]["rank"] == 2 and trial["data"]["replay_fraction"] == 0.1
+    assert trial["_search_trial"] is True and trial["training"]["max_steps"] == 3

@@ -227,7 +227,8 @@ def run(config: dict) -> dict:
           f"in {time.perf_counter() - start:.0f} s")
     config = {**config, "_recipe": recipe_from_config(config["recipe"])}
     task = make_task(config, model.preprocessor.tokenizer)
-    before = _scores(task, model) if task.scores_base_model else None
+    # A search trial (`kerasft.tuning`) skips the base model's scores: every trial's are the same.
+    before = _scores(task, model) if task.scores_base_model and not config.get("_search_trial") else None
     if config["training"].get("init_from"):  # continue a saved adapter (kerasft.continual)
         (model, trainable), initialization = extras.continue_from(model, config), None
     else:

@@ -160,6 +160,8 @@ class InstructionTask(Task):
             model, self._batches(self.held_out, self.training["batch_size"], shuffle=False),
             progress=False,
         )
+        if self.config.get("_search_trial"):  # kerasft.tuning: held-out perplexity only
+            return {"perplexity": scores["perplexity"]}
         template = data.get_template(self.cfg["template"])
         generations = evaluate.generate_and_score(
             model, [template.render_prompt(r["prompt"]) for r in self.held_out],
@@ -276,6 +278,8 @@ def describe_rows(task: Task, before: Any, after: dict) -> list:
     """`(label, before text, after text)` rows of the metrics table."""
     rows = []
     for label, key, fmt in task.rows:
+        if key not in after:  # e.g. a search trial's perplexity-only scores
+            continue
         old = "-" if before is None else fmt.format(before[key])
         rows.append((label, old, fmt.format(after[key])))
     return rows
