@@ -96,3 +96,15 @@ def test_notebook_runs_on_the_tiny_model_and_writes_its_plots(path, tiny_runs):
 def test_notebook_runs_on_the_real_model_and_writes_its_plots(path, tmp_path):
     run_notebooks([path], tmp_path, "gemma3-270m")
     check(path, tmp_path)
+
+
+def test_the_dpo_notebook_runs_on_the_real_model_and_plots_its_training():
+    # Its runs are the parametrized cases above (tiny and real, both slow); this pins that
+    # it is one of them and names the picture the slow runs check.
+    path = ROOT / "notebooks" / "dpo_gemma3_270m.ipynb"
+    assert path in REAL_MODEL
+    assert plots_of(path) == ["dpo_training.png"]
+    source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+    for call in ("DPO(", "evaluate.preference_accuracy(", "kerasft.save_adapter(",
+                 "kerasft.load_adapter("):
+        assert call in source, call
