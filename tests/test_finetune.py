@@ -37,6 +37,9 @@ def tiny_overrides(path, tmp_path):
         values["recipe.group_size"] = 8  # the tiny model's kernels are 16 and 32 wide
     if "max_train_rows" not in config["training"]:
         values.pop("training.max_train_rows", None)
+    if (config.get("model") or {}).get("keep_quantized"):
+        # The tiny model has no GGUF file; tests/models/test_gguf_llama_cpp.py runs the real one.
+        values["model.keep_quantized"] = "false"
     if "distribution" in config:
         # A 1 x 1 mesh on the one device here; tests/test_distribution.py runs 8.
         values["distribution.data"] = 1
@@ -133,3 +136,10 @@ def test_merge_runs_the_recipes_merge_verb_with_the_sections_options(tmp_path):
     assert saved["merge"]["layers"] == 14  # attention + mlp kernels of 2 blocks
     assert saved["merge"]["max_abs_logit_difference"] < 1e-4
     assert not adapter_wrappers(result["model"])  # the wrappers are gone
+
+
+def test_keep_quantized_needs_the_gguf_checkpoint():
+    from kerasft.finetune.models import load_model
+
+    with pytest.raises(ValueError, match=r"keep_quantized.*Received: name='tiny', keep_quantized=True"):
+        load_model("tiny", keep_quantized=True)

@@ -16,7 +16,8 @@ generations printed before/after), `check_reload?` (load the saved adapter
 onto a fresh base and report the largest output difference on 8 held-out
 rows, `reload_max_abs_difference`); `model`: `name?` (`gemma3-270m`, the
 default, or `tiny`: a random two-block Gemma 3 with the test tokenizer),
-`dtype?`; `data`: the task's keys (see `kerasft.finetune.tasks`); `recipe`:
+`dtype?`, `keep_quantized?` (`gemma3-270m` over the GGUF file's own quantized
+blocks, the GGUF loop); `data`: the task's keys (see `kerasft.finetune.tasks`); `recipe`:
 any recipe config; `training`: `batch_size`, `epochs`, `learning_rate`,
 `weight_decay?`, `checkpoint?` (write a `kerasft.TrainingCheckpoint` under
 `output_dir/checkpoint`), `gradient_accumulation_steps?` (token tasks),

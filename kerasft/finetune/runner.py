@@ -22,7 +22,7 @@ SCHEMA = {
     "output_dir": None,
     "show_examples?": None,
     "check_reload?": None,
-    "model?": ["name?", "dtype?"],
+    "model?": ["name?", "dtype?", "keep_quantized?"],
     "data": None,  # checked against the task's keys (`kerasft.finetune.tasks.TASK_KEYS`)
     "recipe": configs.RECIPE,
     "training": None,  # checked against the task's keys (`kerasft.finetune.tasks.TRAINING_KEYS`)
@@ -173,7 +173,8 @@ def _check_reload(model, task, config):
 def _load_model(config):
     model_config = config.get("model") or {}
     return load_model(model_config.get("name", "gemma3-270m"), model_config.get("dtype"),
-                      sequence_length=config["data"]["sequence_length"])
+                      sequence_length=config["data"]["sequence_length"],
+                      keep_quantized=model_config.get("keep_quantized", False))
 
 
 def _merge(model, task, config):
