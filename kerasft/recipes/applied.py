@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
+from kerasft.model_saving import track_applied
 from kerasft.targeting import adapter_wrappers
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ def mark_applied(
         wrapper.applied_by = recipe.method
     # object.__setattr__ keeps this plain list out of Keras's state tracking.
     object.__setattr__(model, "_kerasft_recipes", entries)
+    # `model.save()` then writes this record and `keras.saving.load_model` re-applies it.
+    track_applied(model, applied_on)
 
 
 def applied_recipes(model: keras.Model) -> list[AppliedRecipe]:
