@@ -148,6 +148,7 @@ def saved_config(model: keras.Model) -> dict:
             applied before them were not (no record describes that model).
     """
     from kerasft import __version__
+    from kerasft.adapters import quantized_layers
     from kerasft.recipes.applied import split_merged_recipes
     from kerasft.targeting import adapter_wrappers
 
@@ -160,8 +161,6 @@ def saved_config(model: keras.Model) -> dict:
             "not, so `model.save()` cannot describe this model; merge them all "
             f"(`kerasft.merge_adapters`) or save before merging. Received: unmerged {half}"
         )
-    from kerasft.adapters import quantized_layers
-
     return {
         "kerasft_format_version": FORMAT_VERSION,
         "kerasft_version": __version__,
@@ -190,23 +189,19 @@ def _file_being_loaded() -> str:
 
 
 def _saved_recipes(descriptions: list[dict], source: str, version: str) -> list:
-    """The recipes of saved descriptions, aimed at their paths; unknown methods refused."""
-    from kerasft.adapters import _pinned
-    from kerasft.recipes import registry
+    """The recipes of saved descriptions, each aimed at the layer paths it wrapped.
 
-    known = sorted(registry._REGISTRY)
-    for description in descriptions:
-        method = description.get("recipe", {}).get("method")
-        if method not in known:
-            raise ValueError(
-                f"{source} was saved with the kerasft recipe {method!r}, which this kerasft "
-                f"does not know (the file was saved by kerasft {version}). Received: method={method!r}; "
-                f"known recipes: {known}"
-            )
+    Raises:
+        ValueError: for a recipe this kerasft does not know (the registry's
+            error, which names it and the known methods) or bad arguments,
+            prefixed with the file.
+    """
+    from kerasft.adapters import _pinned
+
     try:
         return [_pinned(description) for description in descriptions]
     except (TypeError, ValueError) as error:
-        raise type(error)(f"{source}: {error}") from error
+        raise ValueError(f"{source} (saved by kerasft {version}): {error}") from error
 
 
 def model_from_config(config: dict) -> keras.Model:
@@ -228,10 +223,12 @@ def model_from_config(config: dict) -> keras.Model:
     merged = _saved_recipes(config.get("merged", []), source, version)
     live = _saved_recipes(config.get("recipes", []), source, version)
     model = keras.saving.deserialize_keras_object(config["base"])
+    saved_quantized = config.get("quantized_layers", {})
+    # Each merged recipe is applied and merged before the next is applied:
+    # the same layers whether it was merged alone or with others (a later
+    # recipe cannot wrap a layer an unmerged one wraps).
     for recipe in merged:
         model = recipe.apply_for_loading(model)
-    if merged:
-        saved_quantized = config.get("quantized_layers", {})
         # A QLoRA adapter over a quantized layer was merged either by
         # requantizing (the layer stays quantized) or into a float layer.
         requantize = any(w.target_path in saved_quantized for w in adapter_wrappers(model))
@@ -305,6 +302,7 @@ def load_named_adapters(model: keras.Model, dir_path: str) -> None:
     registry = adapter_switch._registry(model)
     for name in index["adapters"]:
         config = read_adapter_config(directory / name)
-        tensors = load_tensors(directory / name / WEIGHTS_FILE, sha256=config.pop("weights_sha256", None))
+        sha256 = config.pop("weights_sha256", None)
+        tensors = load_tensors(directory / name / WEIGHTS_FILE, sha256=sha256)
         registry.states[name] = (config, tensors)
     registry.active = index["active"]

@@ -228,6 +228,25 @@ def test_requantized_qlora_merge_and_a_lora_on_top_round_trip(inputs, tmp_path):
     assert [len(part) for part in split_merged_recipes(loaded)] == [1, 1]
 
 
+def test_two_adapters_merged_in_turn_into_the_same_layers_round_trip(inputs, tmp_path):
+    model = testing.tiny_causal_lm("gemma")
+    for seed, rank in enumerate((4, 2)):
+        LoRA(rank=rank, targets=("query",)).apply(model)
+        move_trained_weights(model, seed=seed)
+        kerasft.merge_adapters(model)
+    IA3(targets=("query",)).apply(model)  # and a live adapter on those layers too
+    move_trained_weights(model, seed=2)
+    expected = logits(model, inputs)
+
+    loaded = round_trip(model, tmp_path / "model.keras")
+
+    np.testing.assert_array_equal(logits(loaded, inputs), expected)
+    merged, live = split_merged_recipes(loaded)
+    assert [e.config["rank"] for e in merged] == [4, 2]
+    assert [e.config["method"] for e in live] == ["ia3"]
+    assert trainable_paths(loaded) == trainable_paths(model)
+
+
 def test_named_adapters_keep_their_names_and_weights(inputs, tmp_path):
     model = testing.tiny_causal_lm("gemma3")
     kerasft.add_adapter(model, "a", recipe=LoRA(rank=4))
@@ -266,7 +285,7 @@ def test_unknown_recipe_in_the_file_names_file_recipe_and_known_ones(tmp_path):
     message = str(error.value)
     assert str(bad) in message
     assert "'hyper_lora'" in message
-    assert "known recipes: [" in message and "'lora'" in message and "'qlora'" in message
+    assert "known methods: [" in message and "'lora'" in message and "'qlora'" in message
 
 
 FRESH_PROCESS = textwrap.dedent("""
