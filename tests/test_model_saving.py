@@ -28,6 +28,7 @@ from kerasft.adapter_switch import active_adapter, adapter_names
 from kerasft.recipes import (
     IA3,
     QAT,
+    DPO,
     Adapters,
     Classifier,
     Freeze,
@@ -125,6 +126,16 @@ def test_saved_and_loaded_model_gives_equal_logits(make_recipe, kind, inputs, tm
     assert [e.describe() for e in applied_recipes(loaded)] == [
         e.describe() for e in applied_recipes(model)
     ]
+
+
+def test_a_dpo_policy_round_trips_through_its_causal_lm(inputs, tmp_path):
+    # PreferencePolicy's own config holds its causal LM, which saves its recipes.
+    policy = DPO(base=LoRA(rank=4)).apply(testing.tiny_causal_lm("gemma3"))
+    move_trained_weights(policy)
+    loaded = round_trip(policy, tmp_path / "dpo.keras")
+    np.testing.assert_array_equal(logits(loaded, inputs), logits(policy, inputs))
+    assert trainable_paths(loaded) == trainable_paths(policy)
+    assert len(adapter_wrappers(loaded)) == 4
 
 
 def test_the_saved_config_records_the_recipes_and_the_plain_base(tmp_path):
