@@ -347,6 +347,7 @@ def packed_text_batches(
     add_bos: bool = True,
     add_eos: bool = True,
     text_key: str = "text",
+    bos_per_row: bool = False,
     **kwargs,
 ) -> SequenceBatches:
     """Batches of raw text for continued pre-training, packed into full rows.
@@ -373,6 +374,9 @@ def packed_text_batches(
         add_bos: Start each document with `tokenizer.start_token_id`.
         add_eos: End each document with `tokenizer.end_token_id`.
         text_key: Field holding the text when `texts` holds dicts.
+        bos_per_row: Start every row with BOS, then `T` stream tokens, each a
+            label once (see `pack_token_stream`'s `row_start_id`): how a
+            model is scored on text it sees as a fresh sequence.
         **kwargs: Passed to `keras.utils.PyDataset`.
 
     Returns:
@@ -403,7 +407,8 @@ def packed_text_batches(
         np.concatenate([prefix, ids, suffix]).astype("int32")
         for ids in tokenize_texts(tokenizer, documents, chunk_size=64)
     ]
-    rows = pack_token_stream(token_docs, sequence_length, pad_id, remainder)
+    rows = pack_token_stream(token_docs, sequence_length, pad_id, remainder,
+                             row_start_id=bos_id if bos_per_row else None)
     return SequenceBatches(
         *rows,
         batch_size=batch_size,

@@ -171,3 +171,33 @@ def test_pack_token_stream_segment_ids_and_no_cross_document_target():
         weights, [[0, 1, 1, 1, 0], [1, 1, 0, 1, 1], [1, 1, 1, 0, 0]]
     )
     np.testing.assert_array_equal(lengths, [5, 5, 3])
+
+
+def test_pack_token_stream_row_start_puts_bos_first_and_scores_every_token_once():
+    stream = [np.array([2, 10, 11, 12, 1]), np.array([2, 13, 14, 1])]
+    ids, weights, lengths = pack_token_stream(stream, sequence_length=3, row_start_id=2)
+    np.testing.assert_array_equal(ids, [[2, 2, 10, 11], [2, 12, 1, 2], [2, 13, 14, 1]])
+    np.testing.assert_array_equal(lengths, [4, 4, 4])
+    # Labels are positions 1..T: every stream token once, but a document's own
+    # BOS right after the row's BOS is no target.
+    np.testing.assert_array_equal(weights[:, 1:], [[0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    ids, weights, lengths = pack_token_stream(stream, sequence_length=4, row_start_id=2)
+    np.testing.assert_array_equal(ids, [[2, 2, 10, 11, 12], [2, 1, 2, 13, 14], [2, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(lengths, [5, 5, 2])
+    np.testing.assert_array_equal(weights[2, 1:], [1, 0, 0, 0])
+    assert pack_token_stream(stream, 4, row_start_id=2, remainder="drop")[0].shape == (2, 5)
+    with pytest.raises(ValueError, match="row_start_id=2, return_segment_ids=True"):
+        pack_token_stream(stream, 4, row_start_id=2, return_segment_ids=True)
+
+
+def test_packed_text_bos_per_row_starts_every_row_with_bos(tokenizer):
+    batches = packed_text_batches(DOCS, tokenizer, sequence_length=7, batch_size=2, shuffle=False,
+                                  bos_per_row=True)
+    x, y, w = batches.as_arrays()
+    assert (x["token_ids"][:, 0] == 2).all()
+    labels = y[w > 0]
+    stream = expected_stream(tokenizer, DOCS)
+    # Every stream token is a label once, but a document's BOS that opens a row.
+    expected = [t for i, t in enumerate(stream) if not (i % 7 == 0 and t == 2)]
+    assert stream[0] == 2 and len(expected) < len(stream)
+    np.testing.assert_array_equal(labels, expected)

@@ -122,3 +122,10 @@ def test_monitor_logs_the_ratio_and_stops_past_the_threshold(pretrained):
     assert monitor.ratios[0] == pytest.approx(forgetting(model, **SMALL)["ratio"], rel=1e-6)
     with pytest.raises(ValueError, match="action='halt'"):
         ForgettingMonitor(action="halt")
+
+
+def test_reference_rows_each_start_with_bos(pretrained):
+    tokenizer = pretrained.preprocessor.tokenizer
+    x, y, weights = reference_batches(tokenizer, sequence_length=LENGTH, max_characters=3000).as_arrays()
+    assert len(x["token_ids"]) > 2
+    assert (x["token_ids"][:, 0] == tokenizer.start_token_id).all()
