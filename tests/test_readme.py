@@ -31,3 +31,17 @@ def test_the_python_quick_start_runs_and_saves_an_adapter(tmp_path):
     assert (tmp_path / "adapter" / "adapter.safetensors").is_file()
     lora_b = [v for v in model.trainable_variables if v.path.endswith("lora_b")]
     assert lora_b and any(np.any(keras.ops.convert_to_numpy(v) != 0) for v in lora_b)  # the fit trained
+
+
+def test_every_image_the_readme_shows_is_a_small_png_in_the_repository():
+    import re
+
+    text = README.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text) + re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert images, "the README shows no picture (issue 20: it shows a notebook's plot)"
+    for image in images:
+        path = README.parent / image
+        assert not re.match(r"\w+://", image), f"{image}: the README's images live in the repository"
+        assert path.is_file(), f"README.md shows {image}, which is not in the repository"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+        assert 1000 < path.stat().st_size < 200_000, (image, path.stat().st_size)
