@@ -10,6 +10,7 @@ logits keep shape `[B, T, V]` (no virtual positions in the output), labels and
 sample weights need no change, and `generate()` sees the prompt at every step.
 """
 
+import weakref
 from typing import Any
 
 import keras
@@ -67,8 +68,13 @@ class SoftPrompt(PrefixProvider):
             ]
 
     def attach(self, model: keras.Model) -> None:
-        """Remembers (untracked) the model whose blocks the prompt runs through."""
-        object.__setattr__(self, "_model", model)
+        """Remembers (untracked, weakly) the model whose blocks the prompt runs through.
+
+        Weakly: Keras's loader walks every attribute of a layer, and a plain
+        reference back to the model is a cycle it follows without end
+        (`keras.saving.load_model` of a prompt-tuned model, keras 3.15).
+        """
+        object.__setattr__(self, "_model", weakref.ref(model))
 
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
@@ -90,7 +96,7 @@ class SoftPrompt(PrefixProvider):
 
     def compute_prefixes(self) -> list[tuple[Any, Any]]:
         x = self.virtual_embeddings() * self.embeddings_scale
-        return capture_prefixes(self._model, x)
+        return capture_prefixes(self._model(), x)
 
     def get_config(self):
         config = super().get_config()

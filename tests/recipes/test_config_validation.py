@@ -98,7 +98,7 @@ SHIPPED_TASKS = {
     "classifier.yaml": "classification", "continued_pretraining.yaml": "text",
     **{name: "instruction" for name in (
         "dora.yaml", "ia3.yaml", "adapters.yaml", "prefix_tuning.yaml", "prompt_tuning.yaml",
-        "ptuning.yaml", "sft_lora_mesh.yaml")},
+        "ptuning.yaml", "sft_lora_mesh.yaml", "sft_lora_gguf.yaml")},
     "dpo.yaml": "preference", "reward_model.yaml": "preference", "grpo.yaml": "grpo",
 }
 
