@@ -75,13 +75,34 @@ def _prompt_ids(model, prompt):
 
 
 def _kerasft_greedy(model, ids, steps=NEW_TOKENS):
+    """Greedy tokens and, at each step, the top-1 minus top-2 logit."""
     from kerasft.evaluate import model_logits
 
-    ids = list(ids)
+    ids, margins = list(ids), []
     for _ in range(steps):
-        logits = model_logits(model, np.array([ids], dtype="int32"))
-        ids.append(int(np.argmax(logits[0, -1])))
-    return ids[-steps:]
+        logits = model_logits(model, np.array([ids], dtype="int32"))[0, -1]
+        top = np.sort(logits)
+        margins.append(float(top[-1] - top[-2]))
+        ids.append(int(np.argmax(logits)))
+    return ids[-steps:], margins
+
+
+# llama.cpp rounds activations to 8 bits against quantized weights, which moves
+# logits by tenths (up to 5 at logits of 37 on a teacher-forced text): where
+# kerasft's top two are within this, either engine's pick is right. Measured
+# on the source file (no adapter), 5 held-out WordNet prompts and the 3
+# PROMPTS: 7 of 8 six-token continuations were equal, the other differed at a
+# step whose margin was 0.02; with `adapted`, "The capital of France is"
+# differed at a step whose margin was 0.12.
+NEAR_TIE = 0.5
+
+
+def _decided_prefix(tokens, margins):
+    """The tokens up to the first near tie (both engines must agree there)."""
+    for index, margin in enumerate(margins):
+        if margin < NEAR_TIE:
+            return tokens[: index + 1]  # the near-tied token itself may differ: checked below
+    return tokens
 
 
 def _llama_greedy(llm, ids, steps=NEW_TOKENS):
@@ -101,6 +122,7 @@ def adapted(quantized):
     from kerasft.recipes import LoRA
     from kerasft.targeting import adapter_wrappers
 
+    keras.utils.set_random_seed(0)  # A's initialisation: the same adapter every run
     LoRA(rank=8, alpha=16.0, targets=("query", "value")).apply(quantized)
     rng = np.random.default_rng(0)
     for wrapper in adapter_wrappers(quantized):
@@ -113,44 +135,102 @@ def test_llama_cpp_runs_the_exported_lora_over_the_source_gguf(real_path, adapte
 
     adapter = write_gguf_lora_adapter(adapted, tmp_path / "adapter.gguf")
     llm = open_llama(real_path, lora_path=adapter)
+    compared = 0
     for prompt in PROMPTS:
         ids = _prompt_ids(adapted, prompt)
-        assert _llama_greedy(llm, ids) == _kerasft_greedy(adapted, ids), prompt
+        ours, margins = _kerasft_greedy(adapted, ids)
+        prefix = _decided_prefix(ours, margins)
+        theirs = _llama_greedy(llm, ids)
+        # Equal up to the first near tie (whose own token may go either way).
+        assert theirs[: len(prefix) - 1] == prefix[:-1] or theirs == ours, (prompt, ours, theirs, margins)
+        if len(prefix) == len(ours):
+            assert theirs == ours, (prompt, ours, theirs, margins)
+        compared += len(prefix)
+    assert compared >= NEW_TOKENS  # not every step a near tie
 
 
-# The "source" export reloaded in kerasft differed from the adapted model by
-# up to 6.27 at logits up to ~30 on the real 270M (stop 24), more than a
-# second rounding into the file's types explains; issue #18 stays open on it.
-SOURCE_GAP = pytest.mark.xfail(
-    reason="merged 'source' export: max |logit diff| 6.27 on the real 270M, unexplained (#18)",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("tensor_type", ["F16", pytest.param("source", marks=SOURCE_GAP)])
-def test_llama_cpp_and_kerasft_load_the_merged_export_with_equal_logits(adapted, tmp_path, tensor_type):
-    from kerasft.evaluate import model_logits
-    from kerasft.models import gemma3_from_gguf, write_gemma3_gguf
-
-    path = write_gemma3_gguf(adapted, tmp_path / "merged.gguf", default_tensor_type=tensor_type)
-    reloaded = gemma3_from_gguf(path, keep_quantized=True)
-    ids = _prompt_ids(adapted, PROMPTS[1])
-    ours = model_logits(reloaded, np.array([ids], dtype="int32"))[0]
-    # kerasft's loader: the merged file computes what the adapter model does,
-    # up to one rounding of the changed tensors (F16, or their Q5_0 / Q8_0).
-    expected = model_logits(adapted, np.array([ids], dtype="int32"))[0]
-    # F16 rounds every weight to 11 significant bits: measured 0.002 of the
-    # logit scale (0.062 at ~30); "source" rounds the merged kernels into
-    # their 4-8 bit types once more.
-    scale = np.abs(expected).max()
-    bound = (0.005 if tensor_type == "F16" else 0.05) * scale
-    assert np.abs(ours - expected).max() < bound
-    assert (np.argmax(ours, -1) == np.argmax(expected, -1)).mean() >= 0.9
-    llm = open_llama(path)
+def _llama_logits(path, ids, lora_path=None):
+    llm = open_llama(path, lora_path=lora_path)
     llm.reset()
     llm.eval(ids)
-    theirs = np.asarray(llm.scores[: len(ids)])
-    # llama.cpp computes its matmuls in its own kernels (quantized activations
-    # for quantized weights): compare the greedy tokens and a loose bound.
-    assert (np.argmax(theirs, -1) == np.argmax(ours, -1)).mean() >= 0.9
-    assert np.abs(theirs - ours).max() < 1.0
+    return np.asarray(llm.scores[: len(ids)])
+
+
+def _agreement(a, b):
+    return float((np.argmax(a, -1) == np.argmax(b, -1)).mean())
+
+
+# What the exports are compared with, measured on the real 270M (stop 25,
+# a 14-token prompt), with a random adapter like `adapted`'s (one that moved
+# the logits by up to 20; an unseeded one in the slow run moved them by 9.8,
+# and its "source" reload was 8.0 off):
+# - llama.cpp on the *source* file vs kerasft on the same file: max |diff|
+#   4.99 at logits up to 37, argmax equal at 12 of 14 positions. llama.cpp
+#   multiplies quantized weights by 8-bit-rounded activations; on F16 weights
+#   it agrees with kerasft within 0.14.
+# - kerasft's reload vs the adapter model: F16 0.074; Q8_0 2.57; "source"
+#   4.44 (the merged query / value kernels rounded once more into Q5_0 /
+#   Q6_K->Q8_0). The file holds exactly that one rounding: checked tensor by
+#   tensor below.
+@pytest.mark.parametrize("tensor_type", ["F16", "Q8_0", "source"])
+def test_llama_cpp_and_kerasft_load_the_merged_export_with_equal_logits(
+    real_path, adapted, tmp_path, tensor_type
+):
+    import gguf
+
+    from kerasft.adapter_switch import adapters_disabled
+    from kerasft.evaluate import model_logits
+    from kerasft.models import gemma3_from_gguf, read_gguf, write_gemma3_gguf
+    from tests.models.test_gguf_lora_export import _merged_rows
+
+    path = write_gemma3_gguf(adapted, tmp_path / "merged.gguf", default_tensor_type=tensor_type)
+    ids = np.array([_prompt_ids(adapted, PROMPTS[1])], dtype="int32")
+    expected = model_logits(adapted, ids)[0]
+    with adapters_disabled(adapted):
+        base = model_logits(adapted, ids)[0]
+    reloaded = gemma3_from_gguf(path, keep_quantized=True)
+    ours = model_logits(reloaded, ids)[0]
+    del reloaded
+    gc.collect()
+    effect = np.abs(expected - base).max()
+    gap = np.abs(ours - expected).max()
+    if tensor_type == "F16":  # 11 significant bits: measured 0.074 (0.1% of the logit scale)
+        assert gap < 0.005 * np.abs(expected).max()
+        assert _agreement(ours, expected) >= 0.9
+    elif tensor_type == "Q8_0":  # every matrix rounded to 8 bits once more: measured 2.6 at effect 20
+        assert gap < 0.35 * effect, (gap, effect)
+        assert _agreement(ours, expected) >= 0.9
+    else:
+        # The merged query kernels go back into their 5-bit Q5_0: a fresh 5-bit
+        # rounding of 18 kernels, which the random adapter's model feels
+        # strongly (measured 4.4 at effect 20.3, 8.0 at effect 9.8). Bounded
+        # only by the adapter's own effect; the exact check below is the test.
+        assert gap < effect, (gap, effect)
+    if tensor_type == "source":
+        # Exactly one rounding: untouched tensors are the source's bytes, changed
+        # ones are the merged float32 kernel quantized once into their type.
+        source, written = read_gguf(real_path), read_gguf(path)
+        merged = _merged_rows(adapted)
+        assert merged and set(merged) < set(source.tensors)
+        for name, tensor in source.tensors.items():
+            out = written.tensors[name]
+            if name not in merged:
+                assert out.tensor_type == tensor.tensor_type, name
+                np.testing.assert_array_equal(out.data, tensor.data)
+            elif tensor.tensor_type.name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+                assert out.tensor_type == tensor.tensor_type, name
+                np.testing.assert_array_equal(out.data, gguf.quants.quantize(merged[name], tensor.tensor_type))
+            else:  # a K-quant (the gguf package cannot write them): Q8_0
+                assert out.tensor_type.name == "Q8_0", name
+    # llama.cpp on the export agrees with kerasft about as well as it does on the
+    # source file itself (its own 8-bit activation rounding), and exactly enough
+    # on F16 weights.
+    theirs = _llama_logits(path, ids[0].tolist())
+    if tensor_type == "F16":
+        assert np.abs(theirs - ours).max() < 1.0  # measured 0.14
+        assert _agreement(theirs, ours) >= 0.9
+    else:
+        llama_source = _llama_logits(real_path, ids[0].tolist())
+        gap_on_source = np.abs(llama_source - base).max()
+        assert np.abs(theirs - ours).max() < 2.0 * gap_on_source  # measured 1.07x / 1.24x
+        assert _agreement(theirs, ours) >= _agreement(llama_source, base) - 0.1
