@@ -40,6 +40,7 @@ from kerasft.recipes.base import (
     restore_applied_recipes,
     split_merged_recipes,
 )
+from kerasft.recipes.applied import unmerged_among_merged
 from kerasft.recipes.merging import merge_wrappers
 from kerasft.targeting import adapter_wrappers, iter_layers, undo_surgery_on_error
 from kerasft.tensor_files import atomic_write, load_tensors, save_tensors  # noqa: F401 (re-exported)
@@ -140,8 +141,7 @@ def adapter_state(model: keras.Model, directory: str | os.PathLike | None = None
             f"save. Received: model={model.name!r}"
         )
     merged, live = split_merged_recipes(model)
-    present = {id(w) for w in adapter_wrappers(model)}
-    half = [entry for entry in merged if any(id(w) in present for w in entry.wrappers())]
+    half = unmerged_among_merged(model, merged)
     if half:
         raise ValueError(
             "Some adapters were merged into the base and others applied before them "

@@ -149,12 +149,10 @@ def saved_config(model: keras.Model) -> dict:
     """
     from kerasft import __version__
     from kerasft.adapters import quantized_layers
-    from kerasft.recipes.applied import split_merged_recipes
-    from kerasft.targeting import adapter_wrappers
+    from kerasft.recipes.applied import split_merged_recipes, unmerged_among_merged
 
     merged, live = split_merged_recipes(model)
-    present = {id(w) for w in adapter_wrappers(model)}
-    half = [entry for entry in merged if any(id(w) in present for w in entry.wrappers())]
+    half = unmerged_among_merged(model, merged)
     if half:
         raise ValueError(
             "Some adapters were merged into the base and others applied before them were "

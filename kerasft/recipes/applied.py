@@ -139,6 +139,16 @@ def split_merged_recipes(model: keras.Model) -> tuple[list[AppliedRecipe], list[
     return entries[: last + 1], entries[last + 1 :]
 
 
+def unmerged_among_merged(model: keras.Model, merged: list[AppliedRecipe]) -> list[AppliedRecipe]:
+    """The entries of `merged` (see `split_merged_recipes`) some of whose wrappers are still in.
+
+    Non-empty when adapters were merged while others applied before them were
+    not: no adapter file or saved config describes such a model.
+    """
+    present = {id(wrapper) for wrapper in adapter_wrappers(model)}
+    return [entry for entry in merged if any(id(w) in present for w in entry.wrappers())]
+
+
 def applied_recipe_config(model):
     """The config of the last recipe applied to `model`, or None."""
     entries = applied_recipes(model)

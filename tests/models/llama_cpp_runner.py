@@ -147,3 +147,11 @@ def open_llama(model_path, lora_path=None, n_ctx=256):
     return llama_cpp.Llama(
         model_path=str(model_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2, **kwargs
     )
+
+
+def llama_logits(model_path, ids, lora_path=None):
+    """llama.cpp's logits `[len(ids), vocabulary]` for token `ids` from an empty context."""
+    llm = open_llama(model_path, lora_path=lora_path)
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)])

@@ -13,7 +13,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from tests.models.llama_cpp_runner import open_llama
+from tests.models.llama_cpp_runner import llama_logits, open_llama
 
 pytestmark = pytest.mark.slow
 
@@ -149,13 +149,6 @@ def test_llama_cpp_runs_the_exported_lora_over_the_source_gguf(real_path, adapte
     assert compared >= NEW_TOKENS  # not every step a near tie
 
 
-def _llama_logits(path, ids, lora_path=None):
-    llm = open_llama(path, lora_path=lora_path)
-    llm.reset()
-    llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)])
-
-
 def _agreement(a, b):
     return float((np.argmax(a, -1) == np.argmax(b, -1)).mean())
 
@@ -225,12 +218,12 @@ def test_llama_cpp_and_kerasft_load_the_merged_export_with_equal_logits(
     # llama.cpp on the export agrees with kerasft about as well as it does on the
     # source file itself (its own 8-bit activation rounding), and exactly enough
     # on F16 weights.
-    theirs = _llama_logits(path, ids[0].tolist())
+    theirs = llama_logits(path, ids[0].tolist())
     if tensor_type == "F16":
         assert np.abs(theirs - ours).max() < 1.0  # measured 0.14
         assert _agreement(theirs, ours) >= 0.9
     else:
-        llama_source = _llama_logits(real_path, ids[0].tolist())
+        llama_source = llama_logits(real_path, ids[0].tolist())
         gap_on_source = np.abs(llama_source - base).max()
         assert np.abs(theirs - ours).max() < 2.0 * gap_on_source  # measured 1.07x / 1.24x
         assert _agreement(theirs, ours) >= _agreement(llama_source, base) - 0.1

@@ -16,6 +16,7 @@ from kerasft.models import gemma3_from_gguf, read_gguf, write_gemma3_gguf
 from kerasft.models.gemma3_gguf_export import gguf_tensor_sources
 from kerasft.models.gguf_lora_export import write_gguf_lora_adapter
 from kerasft.recipes import LoRA
+from tests.models.llama_cpp_runner import llama_logits
 from tests.models.test_gemma3_gguf_quantized import TENSOR_TYPES, train_lora
 
 CHAT_TEMPLATE = "{% for message in messages %}<start_of_turn>{{ message['content'] }}{% endfor %}"
@@ -163,22 +164,13 @@ def _token_ids(model, text):
     return [2] + keras.ops.convert_to_numpy(model.preprocessor.tokenizer(text)).tolist()
 
 
-def _llama_cpp_logits(model_path, ids, lora_path=None):
-    from tests.models.llama_cpp_runner import open_llama
-
-    llm = open_llama(model_path, lora_path=lora_path)
-    llm.reset()
-    llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)])
-
-
 def test_llama_cpp_runs_the_f32_export_and_a_lora_adapter_with_kerasft_logits(causal_lm, tmp_path):
     from kerasft.targeting import adapter_wrappers
 
     model = gemma3_from_gguf(write_gemma3_gguf(causal_lm, tmp_path / "f32.gguf", default_tensor_type="F32"))
     ids = _token_ids(model, "The quick brown fox jumps over the lazy dog.")
     base = model_logits(model, np.array([ids], "int32"))[0]
-    llama_base = _llama_cpp_logits(tmp_path / "f32.gguf", ids)
+    llama_base = llama_logits(tmp_path / "f32.gguf", ids)
     assert np.abs(llama_base - base).max() < 0.01  # measured 0.0019 at logits up to 1.3
     LoRA(rank=4, alpha=8.0, targets=("query", "value", "ffw_linear")).apply(model)
     rng = np.random.default_rng(0)
@@ -186,7 +178,7 @@ def test_llama_cpp_runs_the_f32_export_and_a_lora_adapter_with_kerasft_logits(ca
         wrapper.lora_b.assign(rng.normal(0.0, 0.5, wrapper.lora_b.shape).astype("float32"))
     adapted = model_logits(model, np.array([ids], "int32"))[0]
     adapter = write_gguf_lora_adapter(model, tmp_path / "adapter.gguf")
-    llama_adapted = _llama_cpp_logits(tmp_path / "f32.gguf", ids, lora_path=adapter)
+    llama_adapted = llama_logits(tmp_path / "f32.gguf", ids, lora_path=adapter)
     assert np.abs(adapted - base).max() > 0.5  # the adapter matters...
     assert np.abs(llama_adapted - adapted).max() < 0.01  # ...and llama.cpp applies it as kerasft does
 
@@ -198,8 +190,8 @@ def test_llama_cpp_runs_a_lora_trained_over_the_quantized_blocks(causal_lm, toke
     base = model_logits(model, np.array([ids], "int32"))[0]
     train_lora(model, token_batch, epochs=3)
     adapted = model_logits(model, np.array([ids], "int32"))[0]
-    llama_base = _llama_cpp_logits(source, ids)
-    llama_adapted = _llama_cpp_logits(source, ids, lora_path=write_gguf_lora_adapter(model, tmp_path / "a.gguf"))
+    llama_base = llama_logits(source, ids)
+    llama_adapted = llama_logits(source, ids, lora_path=write_gguf_lora_adapter(model, tmp_path / "a.gguf"))
     # llama.cpp's own rounding of the activations (measured 0.086 on the
     # base, 0.053 with the adapter) is far below what training changed (0.84).
     rounding = np.abs(llama_base - base).max()
