@@ -88,13 +88,15 @@ def run_grpo(args, model):
     policy = recipe.apply(model)
     recipe.compile(policy, learning_rate=args.learning_rate, weight_decay=0.0)
     held_out = data.sample_records(load_wordnet_pos("test"), args.eval_pairs, 0)
-    figures = {"held_out_mean_reward_before": recipe.mean_reward(policy, held_out)}
+    # The prompts are few-shot completions for a base model (template "plain").
+    figures = {"held_out_mean_reward_before": recipe.mean_reward(policy, held_out, "plain")}
     train = data.sample_records(load_wordnet_pos("train"), None, 0)
     start = time.perf_counter()
-    history = recipe.train(policy, train, steps=args.steps, prompts_per_step=args.batch_size)
+    history = recipe.train(policy, train, steps=args.steps, prompts_per_step=args.batch_size,
+                           template="plain")
     figures["train_seconds"] = time.perf_counter() - start
     figures["train_mean_reward"] = [round(v, 3) for v in history["mean_reward"]]
-    figures["held_out_mean_reward_after"] = recipe.mean_reward(policy, held_out)
+    figures["held_out_mean_reward_after"] = recipe.mean_reward(policy, held_out, "plain")
     figures["always_noun_baseline"] = float(np.mean([r["pos"] == "noun" for r in held_out]))
     return figures
 

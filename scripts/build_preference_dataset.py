@@ -12,14 +12,13 @@ Run from the repository root (offline; reads only datasets/wordnet/):
   no headword (they are WordNet's, split by headword), and a rejected gloss
   comes from the same split, so no held-out gloss is seen in training.
 - datasets/wordnet_pos/{train,validation,test}.jsonl.gz: verifiable prompts
-  for GRPO, `{"prompt": "Is the word X a noun, a verb, an adjective or an
-  adverb? Answer with one word.", "word", "pos"}`, scored by
-  `kerasft.data.part_of_speech_reward`.
+  for GRPO, `{"prompt": a few-shot completion prompt ending "X:", "word",
+  "pos"}` (template "plain"), scored by `kerasft.data.part_of_speech_reward`.
 
 Sizes: train 4,000 of the 20,000 WordNet train headwords (seeded sample),
-validation and test all 500 each; the GRPO train prompts are up to 500 per part of
-speech of the WordNet train split (balanced; held-out splits keep WordNet's mix,
-about 80% nouns). Deterministic (seed 1234, gzip without
+validation and test all 500 each; the GRPO prompts are balanced over parts of speech:
+500 each from the WordNet train split, and in the held-out splits as many of each as
+the rarest has (validation 13, test 18). Deterministic (seed 1234, gzip without
 timestamps).
 """
 
@@ -35,8 +34,22 @@ sys.path.insert(0, str(ROOT))
 
 from kerasft.data.loaders import read_jsonl, write_jsonl  # noqa: E402
 
-POS_PROMPT = ("Is the word {word} a noun, a verb, an adjective or an adverb? "
-              "Answer with one word.")
+# A few-shot completion prompt (template "plain"): the shipped 270M is a base
+# model, and asked in its chat template it repeats the question instead of
+# answering (0 of 320 sampled answers started with a part of speech).
+POS_PROMPT = ("Part of speech of each word (noun, verb, adjective or adverb).\n"
+              "house: noun\nrun: verb\nhappy: adjective\nquickly: adverb\n{word}:")
+PARTS_OF_SPEECH = ("noun", "verb", "adjective", "adverb")
+
+
+def balanced(records, per_pos, rng):
+    """Up to `per_pos` records of each part of speech, each kept in split order."""
+    kept = []
+    for pos in PARTS_OF_SPEECH:
+        members = [r for r in records if r["pos"] == pos]
+        keep = np.sort(rng.choice(len(members), min(per_pos, len(members)), replace=False))
+        kept += [members[i] for i in keep]
+    return kept
 
 
 def preference_pairs(records, rng):
@@ -67,17 +80,17 @@ def main():
         shutil.copyfile(source / "LICENSE", ROOT / "datasets" / name / "LICENSE")
     for split in ("train", "validation", "test"):
         records = read_jsonl(source / f"{split}.jsonl.gz")
-        prompt_records = records
+        # Balanced over parts of speech (WordNet is ~80% nouns), so that
+        # answering "noun" to everything scores 0.25, not 0.8. Held-out splits
+        # keep as many words of each part of speech as the rarest has, drawn
+        # with their own generator (the preference pairs' draws stay as they were).
         if split == "train":
-            # Balanced over parts of speech (WordNet is ~80% nouns), so that
-            # answering "noun" to everything does not already score well.
-            prompt_records = []
-            for pos in ("noun", "verb", "adjective", "adverb"):
-                members = [r for r in records if r["pos"] == pos]
-                keep = np.sort(rng.choice(len(members), min(500, len(members)), replace=False))
-                prompt_records += [members[i] for i in keep]
+            prompt_records = balanced(records, 500, rng)
             keep = np.sort(rng.choice(len(records), args.train_size, replace=False))
             records = [records[i] for i in keep]
+        else:
+            smallest = min(sum(r["pos"] == pos for r in records) for pos in PARTS_OF_SPEECH)
+            prompt_records = balanced(records, smallest, np.random.default_rng([args.seed, 1]))
         pairs = preference_pairs(records, rng)
         write_jsonl(pairs, ROOT / "datasets" / "wordnet_preference" / f"{split}.jsonl.gz")
         prompts = [{"prompt": POS_PROMPT.format(word=r["word"]), "word": r["word"],

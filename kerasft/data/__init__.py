@@ -5,7 +5,7 @@ A batch is `(x, y, sample_weight)` of numpy arrays:
 [B, T] (the next token at each position) and `sample_weight` float32 [B, T]
 (1 where `y` is trained on). See `kerasft.data.batches`.
 
-- Templates: `GemmaTurnTemplate`, `InstructionTemplate`, `get_template`.
+- Templates: `GemmaTurnTemplate`, `InstructionTemplate`, `PlainTemplate`, `get_template`.
 - Batches: `instruction_batches`, `instruction_arrays`, `packed_text_batches`
   (all return a `keras.utils.PyDataset`, `SequenceBatches`).
 - Loaders: `read_jsonl`, `read_csv`, `read_tf_dataset`, `read_tfds`,
@@ -48,6 +48,7 @@ from kerasft.data.splits import sample_records, train_validation_split
 from kerasft.data.templates import (
     GemmaTurnTemplate,
     InstructionTemplate,
+    PlainTemplate,
     PromptTemplate,
     get_template,
     list_templates,

@@ -179,9 +179,10 @@ def load_wordnet_preference(split: str = "train") -> list[dict]:
 def load_wordnet_pos(split: str = "train") -> list[dict]:
     """The shipped GRPO prompts: name the part of speech of a WordNet headword.
 
-    `{"prompt", "word", "pos"}`; score completions with
-    `part_of_speech_reward`. Train: 500 words per part of speech; validation
-    and test: WordNet's held-out words (about 80% nouns).
+    `{"prompt", "word", "pos"}`; the prompt is a few-shot completion (use the
+    `"plain"` template) ending in `"<word>:"`; score completions with
+    `part_of_speech_reward`. Balanced over parts of speech: train 500 words
+    of each; validation 13 and test 18 held-out words of each.
     """
     from kerasft.data.datasets import _split_file
     from kerasft.data.loaders import read_jsonl

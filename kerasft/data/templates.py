@@ -116,6 +116,22 @@ class InstructionTemplate(PromptTemplate):
     response_suffix = ""
 
 
+class PlainTemplate(PromptTemplate):
+    """The prompt text as it is: completion-style and few-shot prompts for base models.
+
+    Prompt text: `"{prompt}"`; response text: the response unchanged (EOS,
+    added as a token, ends it). The prompt itself says where the answer
+    starts (e.g. `"...\\nquickly: adverb\\nidolize:"`).
+
+    Example:
+
+    >>> PlainTemplate().render("2 + 2 =", " 4")
+    ('2 + 2 =', ' 4')
+    """
+
+    name = "plain"
+
+
 _TEMPLATES: dict[str, Callable[[], PromptTemplate]] = {}
 
 
@@ -168,3 +184,4 @@ def list_templates() -> list[str]:
 
 register_template(GemmaTurnTemplate.name, GemmaTurnTemplate)
 register_template(InstructionTemplate.name, InstructionTemplate)
+register_template(PlainTemplate.name, PlainTemplate)

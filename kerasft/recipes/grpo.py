@@ -236,16 +236,20 @@ class GRPO(Recipe):
 
         Returns:
             `{"token_ids", "padding_mask", "completion_mask", "records",
-            "completions"}`: `[N, prompt width + max_new_tokens]` arrays
-            (prompts left-aligned), the record of each row, and the decoded
-            completions (token-id arrays when there is no tokenizer).
+            "completions"}`: `[N, W + max_new_tokens]` arrays (prompts
+            left-aligned, `W` the longest prompt rounded up to a multiple of
+            16), the record of each row, and the decoded completions (token-id
+            arrays when there is no tokenizer), each at most `max_new_tokens`
+            tokens long.
         """
         import keras_hub
 
         causal_lm = policy.causal_lm
         group_size = self.group_size if group_size is None else group_size
         prompts = self._prompt_ids(causal_lm, records, template)
-        width = max(len(p) for p in prompts) + self.max_new_tokens
+        # Widths rounded up to a multiple of 16: prompts of other lengths reuse
+        # the compiled generate and train steps instead of tracing new ones.
+        width = -(-max(len(p) for p in prompts) // 16) * 16 + self.max_new_tokens
         rows = [p for p in prompts for _ in range(group_size)]
         token_ids = np.zeros((len(rows), width), "int32")
         prompt_lengths = np.array([len(p) for p in rows])
@@ -267,13 +271,18 @@ class GRPO(Recipe):
                         "padding_mask": np.arange(width)[None] < prompt_lengths[:, None]},
             stop_token_ids=stops,
         )
-        completion_mask = out["padding_mask"] & (np.arange(width)[None] >= prompt_lengths[:, None])
+        # The sampler fills every row to `width`: a row's completion is its
+        # first `max_new_tokens` tokens (up to a stop token); the rest is padding.
+        position = np.arange(width)[None]
+        padding_mask = out["padding_mask"] & (position < prompt_lengths[:, None] + self.max_new_tokens)
+        token_ids = np.where(padding_mask, out["token_ids"], 0).astype("int32")
+        completion_mask = padding_mask & (position >= prompt_lengths[:, None])
         completions = []
         for i in range(len(rows)):
-            ids = out["token_ids"][i][completion_mask[i]]
+            ids = token_ids[i][completion_mask[i]]
             completions.append(ids if tokenizer is None
                                else decode_generated(tokenizer, ids, stop_token_ids=stops))
-        return {"token_ids": out["token_ids"], "padding_mask": out["padding_mask"],
+        return {"token_ids": token_ids, "padding_mask": padding_mask,
                 "completion_mask": completion_mask,
                 "records": [r for r in records for _ in range(group_size)],
                 "completions": completions}

@@ -3,6 +3,7 @@ import pytest
 from kerasft.data import (
     GemmaTurnTemplate,
     InstructionTemplate,
+    PlainTemplate,
     PromptTemplate,
     get_template,
     list_templates,
@@ -25,6 +26,12 @@ def test_instruction_template_renders_exactly():
     template = InstructionTemplate()
     assert template.render_prompt("Say hi.") == "Instruction: Say hi.\nResponse: "
     assert template.render("Say hi.", "Hi.") == ("Instruction: Say hi.\nResponse: ", "Hi.")
+
+
+def test_plain_template_keeps_the_text_as_it_is():
+    prompt = "house: noun\nrun: verb\n{x}:"
+    assert PlainTemplate().render(prompt, " verb") == (prompt, " verb")
+    assert isinstance(get_template("plain"), PlainTemplate)
 
 
 def test_braces_in_prompt_are_kept_verbatim():

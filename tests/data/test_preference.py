@@ -73,6 +73,17 @@ def test_shipped_sets_are_split_by_headword():
     assert not {p["word"].lower() for p in prompts} & words["test"]
 
 
+def test_shipped_pos_prompts_are_balanced_few_shot_completions():
+    for split, per_pos in (("train", 500), ("validation", 13), ("test", 18)):
+        prompts = load_wordnet_pos(split)
+        counts = {pos: sum(p["pos"] == pos for p in prompts)
+                  for pos in ("noun", "verb", "adjective", "adverb")}
+        assert counts == dict.fromkeys(counts, per_pos), split
+        assert all(p["prompt"].endswith(f"\n{p['word']}:") for p in prompts)
+    held_out = {p["word"] for s in ("validation", "test") for p in load_wordnet_pos(s)}
+    assert not {"house", "run", "happy", "quickly"} & held_out  # the prompt's own examples
+
+
 def test_part_of_speech_reward_reads_the_first_word():
     records = [{"pos": "noun"}, {"pos": "verb"}, {"pos": "adverb"}, {"pos": "noun"}]
     completions = ["Noun.", "It is a verb", "adverb", ""]

@@ -47,11 +47,22 @@ def expected_low_mass(policy):
 def test_a_reward_preferring_some_tokens_rises_in_a_few_steps():
     recipe, policy = make()
     before = expected_low_mass(policy)
-    history = recipe.train(policy, PROMPTS, steps=10, prompts_per_step=2, verbose=0)
+    history = recipe.train(policy, PROMPTS, steps=16, prompts_per_step=2, verbose=0)
     after = expected_low_mass(policy)
-    assert len(history["mean_reward"]) == 10
+    assert len(history["mean_reward"]) == 16
     assert np.all(after > before + 0.03), (before, after)
     assert np.mean(after) > np.mean(before) + 0.04, (before, after)
+
+
+def test_every_completion_has_at_most_max_new_tokens_whatever_its_prompt_length():
+    recipe, policy = make(max_new_tokens=2)
+    prompts = [{"prompt_ids": [2, 5, 9]}, {"prompt_ids": [2, 5, 9, 11, 12, 13, 14, 15, 16]}]
+    rollout = recipe.sample(policy, prompts, group_size=2)
+    assert rollout["token_ids"].shape == (4, 16 + 2)  # the prompt width rounded up to 16
+    np.testing.assert_array_equal(rollout["completion_mask"].sum(1), [2, 2, 2, 2])
+    np.testing.assert_array_equal(rollout["padding_mask"].sum(1), [5, 5, 11, 11])
+    assert all(len(c) == 2 for c in rollout["completions"])
+    np.testing.assert_array_equal(rollout["token_ids"][~rollout["padding_mask"]], 0)
 
 
 def test_loss_equals_the_clipped_objective_with_kl_by_hand():
