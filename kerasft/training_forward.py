@@ -206,6 +206,45 @@ def weighted_token_loss(
         whether the argmax was the label and its weight (0 for filler).
     """
     batch, length = ops.shape(labels)[0], ops.shape(labels)[1]
+    nll, correct, gathered_weights, _ = _gathered_terms(
+        embedding, hidden_states, labels, sample_weight, chunk_size, recompute
+    )
+    loss = ops.sum(nll * gathered_weights)
+    divisor = ops.sum(gathered_weights) if token_mean else ops.cast(batch * length, "float32")
+    return ops.divide_no_nan(loss, divisor), correct, gathered_weights
+
+
+def weighted_token_logprobs(embedding, hidden_states, labels, sample_weight, chunk_size=128, recompute=True):
+    """`log softmax(logits)[label]` `(batch, sequence)` where the weight is nonzero, 0 elsewhere.
+
+    The same gathered, chunked projection as `weighted_token_loss` (logits
+    only at weighted positions), for losses built on per-token
+    log-probabilities (GRPO's ratio and KL).
+
+    Args:
+        embedding: the token embedding whose `reverse=True` call gives the logits.
+        hidden_states: `(batch, sequence, hidden_dim)` final hidden states.
+        labels: int `(batch, sequence)` next tokens.
+        sample_weight: `(batch, sequence)` weights (nonzero where needed).
+        chunk_size: positions whose logits are computed at once.
+        recompute: rematerialise each chunk in the backward pass.
+
+    Returns:
+        float32 `(batch, sequence)`.
+    """
+    batch, length = ops.shape(labels)[0], ops.shape(labels)[1]
+    total = batch * length
+    nll, _, gathered_weights, order = _gathered_terms(
+        embedding, hidden_states, labels, sample_weight, chunk_size, recompute
+    )
+    logprobs = ops.where(ops.not_equal(gathered_weights, 0.0), -nll, 0.0)[:total]
+    # `order[:total]` is a permutation: its inverse puts each position back.
+    return ops.reshape(ops.take(logprobs, ops.argsort(order[:total]), axis=0), (batch, length))
+
+
+def _gathered_terms(embedding, hidden_states, labels, sample_weight, chunk_size, recompute):
+    """`(nll, correct, weights, order)` per gathered position, weighted positions first."""
+    batch, length = ops.shape(labels)[0], ops.shape(labels)[1]
     total = batch * length
     hidden_dim = ops.shape(hidden_states)[-1]
     if sample_weight is None:
@@ -260,6 +299,4 @@ def weighted_token_loss(
         corrects.append(correct)
     nll = ops.concatenate(nlls) if num_chunks > 1 else nlls[0]
     correct = ops.concatenate(corrects) if num_chunks > 1 else corrects[0]
-    loss = ops.sum(nll * gathered_weights)
-    divisor = ops.sum(gathered_weights) if token_mean else ops.cast(total, "float32")
-    return ops.divide_no_nan(loss, divisor), correct, gathered_weights
+    return nll, correct, gathered_weights, order

@@ -118,6 +118,22 @@ def test_loss_matches_hand_computed_log_softmax():
     np.testing.assert_allclose(float(to_numpy(loss)), (nll * w).sum() / w.sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [4, 128])
+def test_weighted_token_logprobs_equal_full_log_softmax_where_weighted(chunk_size):
+    model = _model("gemma3")
+    x, y, w = _batch()
+    full = to_numpy(model(x))
+    shifted = full - full.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = np.take_along_axis(log_softmax, y[..., None].astype(int), -1)[..., 0]
+    hidden = architecture.backbone(model)(x)
+    got = to_numpy(training_forward.weighted_token_logprobs(
+        architecture.token_embedding(model), hidden, y, w, chunk_size=chunk_size))
+    np.testing.assert_allclose(got[w != 0], expected[w != 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[w == 0], 0.0)
+    assert (w == 0).any() and (w != 0).sum() > chunk_size or chunk_size == 128
+
+
 def test_inference_keeps_full_logits():
     model = _model("gemma3")
     x, _, _ = _batch()

@@ -27,7 +27,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasft import training_forward
+from kerasft.adapter_switch import adapters_disabled
 from kerasft.evaluate.generation import decode_generated, generate_token_ids
+from kerasft.models import architecture
 from kerasft.recipes.base import Recipe, recipe_from_config, register_recipe
 from kerasft.recipes.preference import adapted_policy, reference_logits, token_logprobs
 from kerasft.recipes.registry import base_recipe
@@ -84,12 +87,34 @@ class GRPOPolicy(keras.Model):
 
     def call(self, inputs, training=False):
         inputs = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+        if training is True and training_forward.is_causal_lm(self.causal_lm):
+            # `fit` gets the final hidden states: `compute_loss` projects only
+            # the completion positions (4 of ~50 per row here), not the whole
+            # 262,144-token vocabulary at every position.
+            backbone = architecture.backbone(self.causal_lm)
+            return {training_forward.HIDDEN_STATES: backbone(inputs, training=True)}
         return self.causal_lm(inputs, training=training)
+
+    def _token_logprobs(self, y_pred, y, weights):
+        if isinstance(y_pred, dict):
+            return training_forward.weighted_token_logprobs(
+                architecture.token_embedding(self.causal_lm),
+                y_pred[training_forward.HIDDEN_STATES], y, weights)
+        return token_logprobs(y_pred, y)
+
+    def _reference_logprobs(self, x, y, weights, hidden):
+        inputs = {"token_ids": x["token_ids"], "padding_mask": x["padding_mask"]}
+        if not hidden:
+            return token_logprobs(reference_logits(self.causal_lm, inputs), y)
+        with adapters_disabled(self.causal_lm, reset_compiled=False):
+            states = architecture.backbone(self.causal_lm)(inputs, training=False)
+            logprobs = self._token_logprobs({training_forward.HIDDEN_STATES: states}, y, weights)
+        return ops.stop_gradient(logprobs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         recipe = self.recipe
         weights = ops.cast(sample_weight, "float32")
-        logprobs = token_logprobs(y_pred, y)
+        logprobs = self._token_logprobs(y_pred, y, weights)
         old = x.get("old_logprobs")
         old = ops.stop_gradient(logprobs) if old is None else ops.cast(old, "float32")
         ratio = ops.exp(logprobs - old)
@@ -98,8 +123,8 @@ class GRPOPolicy(keras.Model):
                                 ops.clip(ratio, 1 - recipe.clip, 1 + recipe.clip) * advantages)
         per_token = -surrogate
         if recipe.beta:
-            inputs = {"token_ids": x["token_ids"], "padding_mask": x["padding_mask"]}
-            log_ratio = token_logprobs(reference_logits(self.causal_lm, inputs), y) - logprobs
+            reference = self._reference_logprobs(x, y, weights, isinstance(y_pred, dict))
+            log_ratio = reference - logprobs
             kl = ops.exp(log_ratio) - log_ratio - 1.0
             per_token = per_token + recipe.beta * kl
             count = ops.maximum(ops.sum(weights), 1.0)

@@ -94,6 +94,11 @@ def test_loss_equals_the_clipped_objective_with_kl_by_hand():
     assert abs(q).max() > 1e-4 and np.any(np.abs(ratio - 1) > clip)
     loss = float(to_numpy(policy.compute_loss(x, y, policy(inputs), weights)))
     assert loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # `fit`'s path: hidden states, logits only at the completion positions.
+    hidden = policy(inputs, training=True)
+    assert set(hidden) == {"hidden_states"}
+    loss = float(to_numpy(policy.compute_loss(x, y, hidden, weights)))
+    assert loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_bad_arguments_are_named():
