@@ -10,6 +10,14 @@ Two ways in:
   `keras_hub.models.Task` when kerasft is imported, see `_install`);
 - `with kerasft.pretokenized(model): ...` for everything else that is already
   token ids (numpy arrays, other PyDatasets).
+
+Packed rows carry `x["segment_ids"]` (`kerasft.data.instruction_batches(
+pack=True)`, `packed_text_batches`). A keras-hub causal LM reads only
+`token_ids` and `padding_mask`, and Keras drops any other key of its input
+with no more than a warning, so attention would silently cross the packed
+examples. Such input is therefore refused here, naming the fix, unless the
+model runs packed rows per document (`kerasft.training_forward`, installed by
+a kerasft recipe's `compile`).
 """
 
 import contextlib
@@ -62,8 +70,63 @@ def _fit(model, x=None, y=None, *args, **kwargs):
     return keras.Model.fit(model, x, y, *args, **kwargs)
 
 
+def _carries_segment_ids(data) -> bool:
+    """Whether `data` (a dict, an `(x, ...)` tuple or a kerasft batch object) holds segment ids."""
+    if isinstance(data, dict):
+        return "segment_ids" in data
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
+        return "segment_ids" in data[0]
+    if is_token_batches(data):
+        known = getattr(data, "has_segment_ids", None)
+        if known is not None:
+            return bool(known)
+        # Other kerasft batch objects (TokenNormalizedBatches) wrap batches: look at one.
+        return len(data) > 0 and _carries_segment_ids(data[0])
+    return False
+
+
+def check_segment_ids(model, data, argument: str = "x") -> None:
+    """Refuses packed rows (`x["segment_ids"]`) that `model` would read without them.
+
+    Args:
+        model: the model about to be fed `data`.
+        data: a dict of inputs, an `(x, y, sample_weight)` tuple or a kerasft
+            batch object.
+        argument: the name of the argument `data` came in, for the message.
+
+    Raises:
+        ValueError: if `data` carries segment ids and `model` is a keras-hub
+            model without `kerasft.training_forward` installed.
+    """
+    from kerasft import training_forward
+
+    if not _carries_segment_ids(data) or training_forward.is_installed(model):
+        return
+    if not any(cls.__module__.startswith("keras_hub") for cls in type(model).__mro__):
+        return  # a plain keras.Model may take segment ids as an input of its own
+    raise ValueError(
+        f"`{argument}` holds packed rows (x['segment_ids']), which this model would drop "
+        "silently, letting attention cross the packed examples. Compile it with a kerasft "
+        "recipe (`recipe.compile(model)`, default loss; or call "
+        "`kerasft.training_forward.install(model)` after `model.compile`), which runs packed "
+        "rows per document, or build the batches unpacked (`pack=False`) or with "
+        "`cross_attention=True`. Received: model of type "
+        f"{type(model).__name__} without kerasft.training_forward"
+    )
+
+
 def _keras_method(name):
-    return _fit if name == "fit" else getattr(keras.Model, name)
+    method = _fit if name == "fit" else getattr(keras.Model, name)
+    signature = inspect.signature(getattr(keras.Model, name))
+
+    @functools.wraps(method)
+    def checked(model, *args, **kwargs):
+        arguments = signature.bind(model, *args, **kwargs).arguments
+        for argument in ("x", "validation_data"):
+            check_segment_ids(model, arguments.get(argument), argument)
+        return method(model, *args, **kwargs)
+
+    return checked
 
 
 def _overridden_by_keras_hub(model, name):

@@ -227,8 +227,11 @@ def test_token_normalized_and_packed_text_batches_fit_directly():
     # Batches 0,1 and 2,3 form the optimizer steps: consecutive, never permuted.
     order = list(np.random.default_rng([5, 1]).permutation(NUM_ROWS) + 1)
     assert _epochs(seen, 4) == [order]
+    # cross_attention=True: this plainly compiled model reads no segment ids (refused:
+    # tests/data/test_packed_batches.py).
     text = packed_text_batches(["a dog barks at the cat", "the cat sleeps"] * 4,
-                               tiny_gemma_tokenizer(), sequence_length=8, batch_size=2, seed=0)
+                               tiny_gemma_tokenizer(), sequence_length=8, batch_size=2, seed=0,
+                               cross_attention=True)
     history = model.fit(text, epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
 

@@ -52,13 +52,13 @@ def load_probes() -> list[dict]:
     return [json.loads(line) for line in _file("probes.jsonl").read_text().splitlines() if line]
 
 
-def _rows(batches):
-    """`(ids [N, T + 1], target_weights, lengths)` of a `SequenceBatches`, stored order."""
-    x, y, sample_weight = batches.as_arrays()
-    ids = np.concatenate([x["token_ids"][:, :1], y], axis=1)
-    weights = np.concatenate([np.zeros_like(sample_weight[:, :1]), sample_weight], axis=1)
-    # `padding_mask = arange(T) < lengths`: its row sums give back the same mask.
-    return ids, weights, np.sum(x["padding_mask"], axis=1)
+def _segment_ids(rows):
+    """The rows' segment ids, or one document per row (1 on real tokens) without them."""
+    ids, _, lengths, segment_ids = rows
+    if segment_ids is not None:
+        return segment_ids
+    # An unpacked row (or one packed with cross-attention) is read as one sequence.
+    return (np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype("int32")
 
 
 def with_replay(
@@ -71,8 +71,11 @@ def with_replay(
     """`batches` with packed rows of general text mixed in (replay).
 
     Every replay row is a full row of packed text with every real token
-    trained on, so the replay share of the trained tokens is usually higher
-    than `fraction`, which counts rows.
+    trained on (but a document's first: see `packed_text_batches`), so the
+    replay share of the trained tokens is usually higher than `fraction`,
+    which counts rows. Replay rows carry segment ids (no attention across
+    the documents of a row), and so do the task rows then (a task row
+    without them is one sequence: segment 1 on its real tokens).
 
     Args:
         batches: the task's training batches.
@@ -109,9 +112,12 @@ def with_replay(
             f"Received: fraction={fraction}, {batches.num_examples} task rows"
         )
     chosen = np.random.default_rng(seed).choice(general.num_examples, count, replace=False)
-    task_rows, replay_rows = _rows(batches), _rows(general.select(np.sort(chosen)))
-    ids, weights, lengths = (np.concatenate([a, b]) for a, b in zip(task_rows, replay_rows))
+    task_rows, replay_rows = batches.rows(), general.select(np.sort(chosen)).rows()
+    ids, weights, lengths = (np.concatenate([a, b]) for a, b in zip(task_rows[:3], replay_rows[:3]))
+    segment_ids = None
+    if task_rows[3] is not None or replay_rows[3] is not None:
+        segment_ids = np.concatenate([_segment_ids(task_rows), _segment_ids(replay_rows)])
     return SequenceBatches(
         ids, weights, lengths, batch_size=batches.batch_size, shuffle=batches.shuffle,
-        seed=batches.seed, drop_remainder=batches.drop_remainder,
+        seed=batches.seed, drop_remainder=batches.drop_remainder, segment_ids=segment_ids,
     )

@@ -6,8 +6,14 @@ float32 logits the largest tensor of an evaluation step (8.6 GB at 8 x 1024).
 hidden states of the positions that carry a nonzero sample weight (prompt and
 padding positions are never projected), and projects those through the tied
 output embedding `chunk_size` positions at a time.
+
+Packed rows (batches whose `x` holds `segment_ids`, as
+`kerasft.data.instruction_batches(pack=True)` and `packed_text_batches`
+make them) run per document (`kerasft.models.segments.packed_rows`), so a
+packed batch scores exactly as its examples one per row.
 """
 
+import contextlib
 import math
 import weakref
 
@@ -16,7 +22,10 @@ import numpy as np
 from keras import ops
 
 from kerasft.evaluate._progress import Progress, iterate_batches, no_grad
-from kerasft.models import architecture
+from kerasft.models import architecture, segments
+
+# Optional input keys of packed rows (`kerasft.training_forward` reads the same).
+_SEGMENT_KEYS = ("segment_ids", "positions")
 
 
 def perplexity(
@@ -46,9 +55,11 @@ def perplexity(
             preprocessor, if any, is not used.
         batches: An iterable of `(x, y, sample_weight)` numpy batches, or a
             `keras.utils.PyDataset` yielding them: `x` is
-            `{"token_ids": int [B, T], "padding_mask": bool [B, T]}`, `y` int
-            `[B, T]` next-token targets, `sample_weight` float `[B, T]` (0 for
-            positions that are not scored).
+            `{"token_ids": int [B, T], "padding_mask": bool [B, T]}` (and,
+            for packed rows, `"segment_ids"` int [B, T], optionally
+            `"positions"`), `y` int `[B, T]` next-token targets,
+            `sample_weight` float `[B, T]` (0 for positions that are not
+            scored).
         chunk_size: Number of scored positions whose `[chunk_size, vocabulary]`
             float32 logits exist at one time. At Gemma's vocabulary, 256
             positions take 268 MB.
@@ -133,6 +144,18 @@ def _unpack_batch(batch, batch_index):
             f"Received: token_ids.shape={token_shape}, y.shape={y.shape}, "
             f"sample_weight.shape={sample_weight.shape} in batch {batch_index}"
         )
+    for key in _SEGMENT_KEYS:
+        if key in x and tuple(np.shape(x[key])) != token_shape:
+            raise ValueError(
+                f"`x['{key}']` must have the shape of `x['token_ids']`. Received: "
+                f"token_ids.shape={token_shape}, {key}.shape={tuple(np.shape(x[key]))} "
+                f"in batch {batch_index}"
+            )
+    if "positions" in x and "segment_ids" not in x:
+        raise ValueError(
+            "`x['positions']` is read only with `x['segment_ids']` (packed rows). Received: "
+            f"x with keys {sorted(x)} in batch {batch_index}"
+        )
     if np.any(sample_weight < 0):
         raise ValueError(
             "`sample_weight` must be non-negative. Received: min "
@@ -194,7 +217,9 @@ class _Scorer:
         return scorer
 
     def _stateless_hidden(self, trainable, non_trainable, x):
-        hidden, _ = self.backbone.stateless_call(trainable, non_trainable, x, training=False)
+        x, packed = _split_segments(x)
+        with packed(self.backbone):
+            hidden, _ = self.backbone.stateless_call(trainable, non_trainable, x, training=False)
         return hidden
 
     def _stateless_nll(self, trainable, non_trainable, hidden, targets):
@@ -204,7 +229,9 @@ class _Scorer:
     def hidden(self, x):
         x = {key: ops.convert_to_tensor(value) for key, value in x.items()}
         if not self._jit:
-            return self.backbone(x, training=False)
+            x, packed = _split_segments(x)
+            with packed(self.backbone):
+                return self.backbone(x, training=False)
         return self._hidden(
             [v.value for v in self.backbone.trainable_variables],
             [v.value for v in self.backbone.non_trainable_variables],
@@ -222,6 +249,15 @@ class _Scorer:
             hidden,
             targets,
         )
+
+
+def _split_segments(x):
+    """`(x without the packed-row keys, context running the backbone per document)`."""
+    if "segment_ids" not in x:
+        return x, lambda backbone: contextlib.nullcontext()
+    inputs = {key: value for key, value in x.items() if key not in _SEGMENT_KEYS}
+    return inputs, lambda backbone: segments.packed_rows(
+        backbone, x["segment_ids"], x.get("positions"))
 
 
 def _nll_from_logits(logits, targets):

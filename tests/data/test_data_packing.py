@@ -30,8 +30,11 @@ def expected_stream(tokenizer, docs):
 def test_packed_text_keeps_every_token_once(tokenizer, sequence_length):
     stream = expected_stream(tokenizer, DOCS)  # 5 + 8 + 3 + 6 tokens + 4 BOS + 4 EOS = 30
     assert len(stream) == 30
+    # Whole-row attention: every token but a row's first is a label (with
+    # segment ids, the default, a document's first is not: test_packed_batches.py).
     batches = packed_text_batches(
-        DOCS, tokenizer, sequence_length=sequence_length, batch_size=2, shuffle=False
+        DOCS, tokenizer, sequence_length=sequence_length, batch_size=2, shuffle=False,
+        cross_attention=True,
     )
     x, y, sample_weight = batches.as_arrays()
     width = sequence_length + 1
@@ -53,7 +56,8 @@ def test_packed_text_keeps_every_token_once(tokenizer, sequence_length):
 def test_packed_text_drop_remainder(tokenizer):
     stream = expected_stream(tokenizer, DOCS)
     x, y, sample_weight = packed_text_batches(
-        DOCS, tokenizer, sequence_length=6, batch_size=2, shuffle=False, remainder="drop"
+        DOCS, tokenizer, sequence_length=6, batch_size=2, shuffle=False, remainder="drop",
+        cross_attention=True,
     ).as_arrays()
     # 30 tokens -> 4 rows of 7, the last 2 tokens dropped.
     np.testing.assert_array_equal(full_rows(x, y).reshape(-1), stream[:28])
@@ -87,7 +91,10 @@ def test_shakespeare_packs_all_tokens(tokenizer):
     assert len(y) == -(-len(stream) // 257)
     real = full_rows(x, y).reshape(-1)[: len(stream)]
     np.testing.assert_array_equal(real, stream)
-    assert sample_weight.sum() == len(stream) - len(y)  # First token of each row is input only.
+    # The first token of each row is input only, and so is each play's BOS (with
+    # segment ids nothing of its own play precedes it) unless it opens a row.
+    starts = np.cumsum([0] + [len(t) + 2 for t in tokenize_texts(tokenizer, plays)][:-1])
+    assert sample_weight.sum() == len(stream) - len(y) - np.count_nonzero(starts % 257)
 
 
 def test_pack_examples_best_fit():

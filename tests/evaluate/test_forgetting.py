@@ -31,8 +31,10 @@ def _unrelated_batches(tokenizer):
 def pretrained():
     """The tiny model after a little pre-training on general text (the replay split)."""
     model = load_model("tiny", sequence_length=LENGTH)
+    # cross_attention=True: the plainly compiled model reads no segment ids (pretokenized refuses them).
     batches = data.packed_text_batches(load_general_text("replay")[:6], model.preprocessor.tokenizer,
-                                       sequence_length=LENGTH, batch_size=8, seed=0)
+                                       sequence_length=LENGTH, batch_size=8, seed=0,
+                                       cross_attention=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), weighted_metrics=[])
     with pretokenized(model):
@@ -98,8 +100,9 @@ def test_replay_mixes_the_asked_share_of_rows():
     task_x, task_y, task_w = batches.as_arrays()
     np.testing.assert_array_equal(y[:48], task_y)
     np.testing.assert_array_equal(w[:48], task_w)
-    # Replay rows are packed general text: every real token is trained on.
-    np.testing.assert_array_equal(w[48:], x["padding_mask"][48:].astype("float32"))
+    # Replay rows are packed general text: every real token is trained on but a
+    # document's first (its BOS, id 2: nothing of its own document precedes it).
+    np.testing.assert_array_equal(w[48:], (x["padding_mask"][48:] & (y[48:] != 2)).astype("float32"))
     assert with_replay(batches, tokenizer, 0.0) is batches
     with pytest.raises(ValueError, match="fraction=1"):
         with_replay(batches, tokenizer, 1)
