@@ -31,10 +31,12 @@ the "fit tail": seconds from the end of the last step to the return of `fit`
 (keras-hub's tf.data path was seen to idle 35-60 s there on 2 cores).
 `--epoch` adds one row: one epoch over all the main job's examples, PEFT on
 padded batches (as its users feed them by default) vs kerasft (JAX) on packed
-rows (`instruction_batches(pack=True, sequence_length=--pack-length)`: greedy
-first-fit packing with separate loss masks; attention still crosses example
-boundaries in a row: segment-id packing was not in kerasft.data when this was
-written).
+rows (`instruction_batches(pack=True, sequence_length=--pack-length)`: best-fit
+packing with separate loss masks, and the rows' segment ids fed to the model,
+so each example attends only to itself with positions from 0, exactly as in
+the padded batches). `--full`'s step rows are packed too but keep whole-row
+attention (`cross_attention=True`): every system times the same batches, and
+keras-hub's `enable_lora` and the PEFT loop here read no segment ids.
 
     python bench/sft_throughput.py                   # 270M shape, float32, CPU
     python bench/sft_throughput.py --epoch --steps 8
@@ -108,14 +110,6 @@ def _gguf_tokenizer_and_config():
     return tokenizer, config
 
 
-def _rows(batches):
-    """The `(ids [N, T+1], target_weights, lengths)` rows behind a SequenceBatches."""
-    x, y, w = batches.as_arrays()
-    ids = np.concatenate([x["token_ids"], y[:, -1:]], axis=1)
-    weights = np.concatenate([np.zeros_like(w[:, :1]), w], axis=1)
-    return ids, weights, x["padding_mask"].sum(axis=1)
-
-
 def prepare_data(args, path):
     """Writes the token batches every system trains on; returns the model config."""
     from kerasft import data
@@ -138,7 +132,7 @@ def prepare_data(args, path):
     step_batches = data.instruction_batches(
         records, tokenizer, template="gemma", batch_size=batch_size, seed=MAIN_JOB["seed"],
         sequence_length=1024 if args.full else MAIN_JOB["sequence_length"],
-        truncate="response", shuffle=True, pack=args.full,
+        truncate="response", shuffle=True, pack=args.full, cross_attention=args.full,
     )
     step_batches.set_epoch(1)  # the order the main job's first epoch trains in
     needed = args.warmup_steps + args.steps
@@ -158,9 +152,11 @@ def prepare_data(args, path):
             records, tokenizer, template="gemma", batch_size=batch_size, seed=MAIN_JOB["seed"],
             sequence_length=args.pack_length, truncate="response", shuffle=True, pack=True)
         for name, batches in (("padded", padded), ("packed", packed)):
-            ids, weights, lengths = _rows(batches)
+            ids, weights, lengths, segment_ids = batches.rows()
             arrays.update({f"{name}_ids": ids, f"{name}_weights": weights,
                            f"{name}_lengths": lengths})
+            if segment_ids is not None:  # the packed rows' (kerasft reads them)
+                arrays[f"{name}_segment_ids"] = segment_ids
     np.savez(path, **arrays)
     return config, batch_size
 
@@ -314,7 +310,8 @@ def _keras_system(system, arrays, config, batch_size, warmup, steps, epoch):
                   trainable_parameters=int(sum(np.prod(v.shape) for v in model.trainable_weights)))
     if epoch:
         batches = SequenceBatches(arrays["packed_ids"], arrays["packed_weights"],
-                                  arrays["packed_lengths"], batch_size=batch_size, seed=0)
+                                  arrays["packed_lengths"], batch_size=batch_size, seed=0,
+                                  segment_ids=arrays["packed_segment_ids"])
         # Compile the packed shapes first (full batch and the last, smaller
         # one), so the epoch is training time only.
         warm = batches.select(range(batch_size + batches.num_examples % batch_size))

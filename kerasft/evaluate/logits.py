@@ -1,5 +1,6 @@
 """`model_logits`: the float32 numpy logits of a causal LM on one batch."""
 
+import contextlib
 from typing import Any
 
 import keras
@@ -13,15 +14,30 @@ def model_logits(model: keras.Model, batch: Any) -> np.ndarray:
     Args:
         model: a keras-hub causal LM (or any model taking
             `{"token_ids", "padding_mask"}`).
-        batch: a dict with `token_ids` (and optionally `padding_mask`), an
-            `(x, y, sample_weight)` tuple whose `x` is such a dict, or an
-            integer `(batch, sequence)` array of token ids (see
+        batch: a dict with `token_ids` (and optionally `padding_mask`, and
+            `segment_ids` for packed rows), an `(x, y, sample_weight)` tuple
+            whose `x` is such a dict, or an integer `(batch, sequence)` array
+            of token ids (see
             `kerasft.quantization.calibration.calibration_inputs`).
 
     Returns:
-        A float32 `(batch, sequence, vocabulary)` numpy array.
+        A float32 `(batch, sequence, vocabulary)` numpy array. Packed rows
+        (`segment_ids`) run per document (`kerasft.models.segments`), so each
+        example gets its logits alone.
     """
     # Imported here: kerasft.quantization imports kerasft.evaluate (perplexity).
     from kerasft.quantization.calibration import calibration_inputs
 
-    return np.asarray(ops.convert_to_numpy(ops.cast(model(calibration_inputs(batch)), "float32")))
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], dict) else batch
+    context = contextlib.nullcontext()
+    if isinstance(x, dict) and "segment_ids" in x:
+        from kerasft.models import segments
+
+        # calibration_inputs keeps only token_ids / padding_mask, which is what
+        # the model reads inside the context.
+        context = segments.packed_rows(model, ops.convert_to_tensor(x["segment_ids"]),
+                                       None if x.get("positions") is None
+                                       else ops.convert_to_tensor(x["positions"]))
+    with context:
+        logits = model(calibration_inputs(batch))
+    return np.asarray(ops.convert_to_numpy(ops.cast(logits, "float32")))

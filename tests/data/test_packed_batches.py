@@ -261,3 +261,18 @@ def test_the_main_job_packs_when_asked_and_scores_unpacked_rows(tmp_path, monkey
     assert sum(count == 4 and not pack for count, pack, _ in calls) >= 2
     with pytest.raises(ValueError, match=r"`data.pack` must be true or false.*data.pack=3"):
         finetune.load_config(CONFIG, ["data.pack=3"])
+
+
+def test_model_logits_runs_packed_rows_per_document(tokenizer, records):
+    packed = _batches(records, tokenizer, pack=True, batch_size=64)
+    model = _model("gemma3")
+    x = packed[0][0]
+    logits = evaluate.model_logits(model, packed[0])
+    first = x["segment_ids"][0] == 1  # a row's first example sees nothing before it
+    alone = {"token_ids": x["token_ids"][:1, first], "padding_mask": x["padding_mask"][:1, first]}
+    np.testing.assert_allclose(logits[0, first], to_numpy(model(alone))[0], atol=1e-5)
+    second = x["segment_ids"][0] == 2
+    alone = {"token_ids": x["token_ids"][:1, second], "padding_mask": x["padding_mask"][:1, second]}
+    np.testing.assert_allclose(logits[0, second], to_numpy(model(alone))[0], atol=1e-4)
+    plain = evaluate.model_logits(model, {k: x[k] for k in ("token_ids", "padding_mask")})
+    assert np.abs(plain[0, second] - logits[0, second]).max() > 1e-3
