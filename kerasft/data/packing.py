@@ -23,6 +23,9 @@ rotary positions at each example (`kerasft.models.segments`, through
 one per row. Without them, keras-hub's plain causal mask spans the whole row:
 a token then attends to the earlier examples of its row and positions keep
 counting across boundaries (loss masks stay exact either way).
+`kerasft.data.instruction_batches(pack=True)` and `packed_text_batches` ask
+for them by default and put them in every batch (`cross_attention=True`
+leaves them out).
 """
 
 import bisect
