@@ -79,24 +79,39 @@ def run_reward(args, model):
     return figures
 
 
+def greedy_answers(recipe, policy, records):
+    """Mean reward of greedy answers (as `GRPO.mean_reward`) and how often each first word comes."""
+    import keras_hub
+
+    rollout = recipe.sample(policy, records, "plain", sampler=keras_hub.samplers.GreedySampler(),
+                            group_size=1)
+    answers = [(str(c).strip().split() or [""])[0].lower() for c in rollout["completions"]]
+    counts = {a: answers.count(a) for a in sorted(set(answers))}
+    return float(np.mean(recipe.rewards(rollout))), counts
+
+
 def run_grpo(args, model):
     from kerasft.recipes.grpo import GRPO
 
-    recipe = GRPO([part_of_speech_reward], group_size=args.group_size, beta=0.04,
+    recipe = GRPO([part_of_speech_reward], group_size=args.group_size, beta=args.grpo_beta,
                   base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]), max_new_tokens=4,
                   temperature=1.0)
     policy = recipe.apply(model)
     recipe.compile(policy, learning_rate=args.learning_rate, weight_decay=0.0)
     held_out = data.sample_records(load_wordnet_pos("test"), args.eval_pairs, 0)
     # The prompts are few-shot completions for a base model (template "plain").
-    figures = {"held_out_mean_reward_before": recipe.mean_reward(policy, held_out, "plain")}
+    figures = dict(zip(("held_out_mean_reward_before", "held_out_answers_before"),
+                       greedy_answers(recipe, policy, held_out)))
     train = data.sample_records(load_wordnet_pos("train"), None, 0)
     start = time.perf_counter()
     history = recipe.train(policy, train, steps=args.steps, prompts_per_step=args.batch_size,
                            template="plain")
     figures["train_seconds"] = time.perf_counter() - start
     figures["train_mean_reward"] = [round(v, 3) for v in history["mean_reward"]]
-    figures["held_out_mean_reward_after"] = recipe.mean_reward(policy, held_out, "plain")
+    for phase in ("sample_seconds", "update_seconds"):
+        figures[f"median_{phase}"] = float(np.median(history[phase]))
+    figures["held_out_mean_reward_after"], figures["held_out_answers_after"] = greedy_answers(
+        recipe, policy, held_out)
     figures["always_noun_baseline"] = float(np.mean([r["pos"] == "noun" for r in held_out]))
     return figures
 
@@ -157,6 +172,7 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--grpo-beta", type=float, default=0.04, help="grpo: the KL weight")
     parser.add_argument("--extra-evals", action="store_true",
                         help="dpo: also score the policy at init and the tuned LM's likelihood")
     parser.add_argument("--random-weights", action="store_true",

@@ -21,6 +21,7 @@ as in TRL; with more, the log-probabilities at sampling time are kept and
 the clip bounds the ratio.
 """
 
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -353,21 +354,28 @@ class GRPO(Recipe):
             verbose: 1 prints a progress bar with the mean reward.
 
         Returns:
-            `{"mean_reward": [per step], "loss": [...], "kl": [...]}`.
+            `{"mean_reward": [per step], "loss": [...], "kl": [...],
+            "sample_seconds": [...], "update_seconds": [...]}` (sampling and
+            scoring; the `fit` update).
         """
-        history = {"mean_reward": [], "loss": [], "kl": []}
+        history = {"mean_reward": [], "loss": [], "kl": [], "sample_seconds": [],
+                   "update_seconds": []}
         bar = keras.utils.Progbar(steps, stateful_metrics=["reward"]) if verbose else None
         for step in range(steps):
             chosen = [records[(step * prompts_per_step + i) % len(records)]
                       for i in range(prompts_per_step)]
+            start = time.perf_counter()
             rollout = self.sample(policy, chosen, template)
             rewards = self.rewards(rollout)
+            history["sample_seconds"].append(time.perf_counter() - start)
+            start = time.perf_counter()
             batch = self.rollout_batch(rollout, rewards)
             if self.updates_per_rollout > 1:
                 logits = policy(batch[0])
                 batch[0]["old_logprobs"] = ops.convert_to_numpy(token_logprobs(logits, batch[1]))
             logs = policy.fit(_OneBatch(batch), epochs=self.updates_per_rollout, verbose=0,
                               shuffle=False).history
+            history["update_seconds"].append(time.perf_counter() - start)
             history["mean_reward"].append(float(np.mean(rewards)))
             history["loss"].append(float(logs["loss"][-1]))
             history["kl"].append(float(logs["kl"][-1]) if "kl" in logs else 0.0)
