@@ -237,6 +237,15 @@ def test_replay_keeps_the_segment_ids_of_task_and_replay_rows(tokenizer, records
                                       general.as_arrays()[0]["segment_ids"][chosen])
 
 
+def test_the_main_job_config_takes_pack_as_a_bool_only():
+    assert finetune.load_config(CONFIG)["data"]["pack"] is False  # the shipped default, for now
+    assert finetune.load_config(CONFIG, ["data.pack=true"])["data"]["pack"] is True
+    with pytest.raises(ValueError, match=r"`data.pack` must be true or false.*data.pack=3"):
+        finetune.load_config(CONFIG, ["data.pack=3"])
+
+
+# A whole tiny main-job run (~25 s under JAX on a contended 2-core machine).
+@pytest.mark.slow
 def test_the_main_job_packs_when_asked_and_scores_unpacked_rows(tmp_path, monkeypatch):
     from kerasft import data
     from tests.test_finetune import tiny_overrides
@@ -260,8 +269,6 @@ def test_the_main_job_packs_when_asked_and_scores_unpacked_rows(tmp_path, monkey
     assert (8, True, True) in calls
     assert all(not pack for count, pack, shuffle in calls if (count, shuffle) != (8, True))
     assert sum(count == 4 and not pack for count, pack, _ in calls) >= 2
-    with pytest.raises(ValueError, match=r"`data.pack` must be true or false.*data.pack=3"):
-        finetune.load_config(CONFIG, ["data.pack=3"])
 
 
 def test_model_logits_runs_packed_rows_per_document(tokenizer, records):
