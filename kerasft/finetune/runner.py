@@ -51,6 +51,9 @@ def load_config(path, overrides: Iterable[str] = ()) -> dict:
             name = key if section is config else f"training.{key}"
             raise ValueError(f"`{name}` must be true or false, in {source}. "
                              f"Received: {name}={section[key]!r}")
+    if not isinstance(config["data"].get("pack", False), bool):  # the instruction task's key
+        raise ValueError(f"`data.pack` must be true or false, in {source}. "
+                         f"Received: data.pack={config['data']['pack']!r}")
     if config.get("merge") is not None and task != "instruction":
         raise ValueError(
             f"A `merge:` section is supported for the instruction task only, in {source}. "

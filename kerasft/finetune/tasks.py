@@ -8,7 +8,10 @@ model's tokenizer and scores a model on held-out data it never trains on:
   Keys: `template`, `sequence_length`, `train_examples`, `eval_examples?`,
   `generation_max_length?`, `generation_batch_size?`,
   `calibration_examples?` (training examples whose activations calibrate a
-  quantized base, for recipes whose `apply` takes `calibration_data`).
+  quantized base, for recipes whose `apply` takes `calibration_data`),
+  `pack?` (true: several training examples per row, each attending only to
+  itself, `kerasft.data.instruction_batches(pack=True)`; held-out scoring,
+  validation and calibration stay one example per row).
 - `text` (Shakespeare, continued pre-training): packed rows of plain text;
   held-out perplexity on the start of Macbeth and The Comedy of Errors.
   Keys: `sequence_length`, `eval_characters`.
@@ -30,7 +33,7 @@ from kerasft.finetune.extras import EXTRA_TRAINING_KEYS
 TASK_KEYS = {
     "instruction": ["template", "sequence_length", "train_examples", "eval_examples?",
                     "generation_max_length?", "generation_batch_size?", "calibration_examples?",
-                    "replay_fraction?"],
+                    "replay_fraction?", "pack?"],
     "text": ["sequence_length", "eval_characters"],
     "classification": ["sequence_length", "train_examples", "eval_split", "eval_examples"],
 }
@@ -127,15 +130,16 @@ class InstructionTask(Task):
         self.held_out = data.sample_records(data.load_wordnet("test"),
                                             self.cfg.get("eval_examples", 48), self.seed)
 
-    def _batches(self, records, batch_size, shuffle):
+    def _batches(self, records, batch_size, shuffle, pack=False):
         return data.instruction_batches(
             records, self.tokenizer, template=self.cfg["template"],
             sequence_length=self.cfg["sequence_length"], batch_size=batch_size,
-            shuffle=shuffle, seed=self.seed, truncate="response",
+            shuffle=shuffle, seed=self.seed, truncate="response", pack=pack,
         )
 
     def train_batches(self):
-        batches = self._batches(self.train, self.training["batch_size"], shuffle=True)
+        batches = self._batches(self.train, self.training["batch_size"], shuffle=True,
+                                pack=self.cfg.get("pack", False))
         if self.cfg.get("replay_fraction"):  # mix in general text (kerasft.data.general_text)
             from kerasft.data.general_text import with_replay
 
@@ -203,9 +207,11 @@ class TextTask(Task):
 
     def _held_out_batches(self, split, batch_size):
         text = data.load_shakespeare(split)[0][: self.cfg["eval_characters"]]
+        # One document: whole-row attention is already per document, and the
+        # probe rows (reload / merge checks) then hold only what every model reads.
         return data.packed_text_batches(
             [text], self.tokenizer, sequence_length=self.cfg["sequence_length"],
-            batch_size=batch_size, shuffle=False,
+            batch_size=batch_size, shuffle=False, cross_attention=True,
         )
 
     def evaluate(self, model):
