@@ -9,7 +9,8 @@ inputs only depend on the embedding and blocks `0..i-1`, so
 1. runs the block alone on the stored hidden states (a compiled function on
    JAX, eager without autograd on torch), recording the inputs of its
    targeted kernels (hooks on those kernels' calls, within that block only)
-   and accumulating `H` in float64;
+   and accumulating `H` in float64 over the real tokens, each row's first
+   (the attention sink) left out (`calibration.hessian_positions`);
 2. hands the Hessians to `on_block`, which may change the block (quantize
    its kernels, fit corrections);
 3. runs the block again, as `on_block` left it, to produce the next block's
@@ -33,7 +34,13 @@ from keras import ops
 from kerasft.einsum import layer_equation, parse_equation
 from kerasft.evaluate._progress import Progress, no_grad
 from kerasft.models import architecture
-from kerasft.quantization.calibration import HessianAccumulator, calibration_inputs, input_rows
+from kerasft.quantization.calibration import (
+    HessianAccumulator,
+    calibration_inputs,
+    check_hessian_positions,
+    hessian_positions,
+    input_rows,
+)
 from kerasft.targeting import iter_layers
 
 PROPAGATE = ("after", "before")
@@ -48,6 +55,7 @@ def calibrate_blocks(
     progress: bool = True,
     max_rows: int = 8,
     description: str = "block",
+    skip_first_position: bool = True,
 ) -> None:
     """Streams calibration batches block by block and hands each block's Hessians over.
 
@@ -69,6 +77,9 @@ def calibrate_blocks(
         progress: show a progress bar over the blocks.
         max_rows: calibration rows per chunk inside a block.
         description: the progress bar's unit name.
+        skip_first_position: leave each row's first real token (the
+            attention sink) out of the Hessians; it still runs through the
+            blocks (see `calibration.hessian_positions`).
 
     Raises:
         ValueError: if `calibration_data` is empty, `layers_per_block` does not
@@ -103,7 +114,7 @@ def calibrate_blocks(
     bar = Progress(len(blocks), progress, unit_name=description)
     cache = {}  # compiled block functions, shared by blocks of one structure
     with no_grad():
-        states = _embed(model, calibration_data, int(max_rows))
+        states = _embed(model, calibration_data, int(max_rows), skip_first_position)
         for index, (block, layers) in enumerate(zip(blocks, layers_per_block)):
             layers = list(layers)
             last = index == len(blocks) - 1
@@ -122,8 +133,8 @@ def calibrate_blocks(
         bar.finish()
 
 
-def _embed(model, calibration_data, max_rows):
-    """`[(hidden, int mask, bool numpy mask)]`, one per chunk of at most `max_rows` rows."""
+def _embed(model, calibration_data, max_rows, skip_first_position=True):
+    """`[(hidden, int padding mask, bool Hessian positions)]`, one per chunk of at most `max_rows` rows."""
     states = []
     for batch in calibration_data:
         inputs = calibration_inputs(batch)
@@ -131,7 +142,9 @@ def _embed(model, calibration_data, max_rows):
             ids = inputs["token_ids"][start : start + max_rows]
             mask = inputs["padding_mask"][start : start + max_rows]
             hidden = architecture.embed_tokens(model, ops.convert_to_tensor(ids, "int32"))
-            states.append((hidden, ops.convert_to_tensor(mask.astype("int32")), mask))
+            positions = hessian_positions(mask, skip_first_position)
+            states.append((hidden, ops.convert_to_tensor(mask.astype("int32")), positions))
+    check_hessian_positions([positions for *_, positions in states])
     return states
 
 

@@ -4,7 +4,8 @@ Error-minimising quantizers need `H = sum_x x x^T` over the rows `x` that a
 layer actually multiplies with its kernel matrix (`(K,)` vectors, contracted
 axes in kernel order). `collect_hessians` temporarily wraps the `call` of the
 chosen layers, runs the model on the batches, and accumulates `H` in float64.
-Padding positions (where the batch's `padding_mask` is False) are skipped.
+Padding positions (where the batch's `padding_mask` is False) are skipped, and
+so is each row's first token, the attention sink (`hessian_positions`).
 It runs the whole model once per call; the quantizers, the QLoRA residual fit
 and the sensitivity report instead stream through the decoder blocks once
 (`block_calibration.calibrate_blocks`), reusing `HessianAccumulator` and
@@ -127,6 +128,41 @@ def _tokenize(preprocessor, texts):
     return {"token_ids": token_ids, "padding_mask": mask}
 
 
+def hessian_positions(padding_mask: np.ndarray, skip_first_position: bool = True) -> np.ndarray:
+    """The positions whose layer inputs count in the Hessians.
+
+    Real tokens (`padding_mask` True), without the first real token of each
+    row by default. That position is the model's attention sink: Gemma (like
+    most decoder LMs) gives it hidden states far larger than any other
+    position's, BOS or not, so a few such rows dominate `X^T X` and GPTQ
+    spends its error budget on them. On Gemma 3 270M (16 calibration pieces,
+    NF4 + double quantization, group 64) leaving them out took GPTQ from
+    +13.45% to -0.05% held-out perplexity against float (RTN: +14.81%).
+
+    Args:
+        padding_mask: bool `(batch, sequence)`.
+        skip_first_position: leave out each row's first real token.
+
+    Returns:
+        A bool `(batch, sequence)` numpy array.
+    """
+    mask = np.array(padding_mask, dtype=bool)
+    if skip_first_position and mask.ndim == 2 and mask.size:
+        rows = np.flatnonzero(mask.any(axis=1))
+        mask[rows, mask[rows].argmax(axis=1)] = False
+    return mask
+
+
+def check_hessian_positions(masks: Sequence[np.ndarray]) -> None:
+    """Raises a clear error when no calibration position is left to collect."""
+    if not any(np.any(mask) for mask in masks):
+        raise ValueError(
+            "No calibration position is left for the Hessians: every row holds a single "
+            "token, and each row's first token is left out (see `hessian_positions`). "
+            "Received: calibration rows of length 1; pass longer rows"
+        )
+
+
 def input_rows(inputs: Any, equation: str, mask: np.ndarray | None = None) -> np.ndarray:
     """Reshapes a layer input into the `(rows, K)` matrix its kernel multiplies.
 
@@ -210,7 +246,10 @@ def record_inputs(
 
 
 def collect_hessians(
-    model: keras.Model, layers: Sequence[keras.Layer], calibration_data: Sequence[Any]
+    model: keras.Model,
+    layers: Sequence[keras.Layer],
+    calibration_data: Sequence[Any],
+    skip_first_position: bool = True,
 ) -> list[np.ndarray]:
     """Runs `model` on calibration batches and returns each layer's input Hessian.
 
@@ -218,6 +257,8 @@ def collect_hessians(
         model: a callable Keras model taking `{"token_ids", "padding_mask"}`.
         layers: layers inside `model` whose inputs to record.
         calibration_data: a list of batches (see `calibration_inputs`).
+        skip_first_position: leave each row's first real token out of the
+            Hessians (see `hessian_positions`).
 
     Returns:
         A list of `(K, K)` float64 arrays `mean(x x^T)`, one per layer.
@@ -231,11 +272,13 @@ def collect_hessians(
             f"Received: calibration_data={calibration_data!r}"
         )
     accumulators = [HessianAccumulator(layer_equation(layer)) for layer in layers]
+    batches = [calibration_inputs(batch) for batch in calibration_data]
+    positions = [hessian_positions(b["padding_mask"], skip_first_position) for b in batches]
+    check_hessian_positions(positions)
     state = {}
     with record_inputs(layers, accumulators, state):
-        for batch in calibration_data:
-            inputs = calibration_inputs(batch)
-            state["mask"] = inputs["padding_mask"]
+        for inputs, mask in zip(batches, positions):
+            state["mask"] = mask
             model(inputs, training=False)
     return [accumulator.mean_hessian() for accumulator in accumulators]
 

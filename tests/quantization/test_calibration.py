@@ -5,7 +5,9 @@ import pytest
 from kerasft.quantization.calibration import (
     calibration_batches,
     calibration_inputs,
+    check_hessian_positions,
     collect_hessians,
+    hessian_positions,
     input_rows,
     relative_output_error,
 )
@@ -48,11 +50,26 @@ def test_collect_hessians_records_real_inputs_without_padding():
     mask = ids > 0
     (hessian,) = collect_hessians(model, [dense], [{"token_ids": ids, "padding_mask": mask}])
     table = keras.ops.convert_to_numpy(embedding.embeddings).astype("float64")
+    rows = table[[2, 3, 4, 6]]  # real tokens, each row's first (the attention sink) left out
+    np.testing.assert_allclose(hessian, rows.T @ rows / 4, rtol=1e-6)
+    (every,) = collect_hessians(model, [dense], [{"token_ids": ids, "padding_mask": mask}],
+                                skip_first_position=False)
     rows = table[ids[mask]]
-    np.testing.assert_allclose(hessian, rows.T @ rows / 6, rtol=1e-6)
+    np.testing.assert_allclose(every, rows.T @ rows / 6, rtol=1e-6)
     assert "call" not in vars(dense)  # the hook is removed
     with pytest.raises(ValueError, match="calibration_data=\\[\\]"):
         collect_hessians(model, [dense], [])
+
+
+def test_hessian_positions_leave_out_each_rows_first_real_token():
+    mask = np.array([[1, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(
+        hessian_positions(mask),
+        [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(hessian_positions(mask, skip_first_position=False), mask)
+    assert mask[0, 0]  # the input is not changed
+    with pytest.raises(ValueError, match="rows of length 1"):
+        check_hessian_positions([hessian_positions(mask[3:])])
 
 
 def test_relative_output_error_matches_direct_computation():
