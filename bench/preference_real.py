@@ -95,7 +95,7 @@ def run_grpo(args, model):
 
     recipe = GRPO([part_of_speech_reward], group_size=args.group_size, beta=args.grpo_beta,
                   base=LoRA(rank=8, alpha=16, targets=["attention", "mlp"]), max_new_tokens=4,
-                  temperature=1.0)
+                  temperature=args.temperature)
     policy = recipe.apply(model)
     recipe.compile(policy, learning_rate=args.learning_rate, weight_decay=0.0)
     held_out = data.sample_records(load_wordnet_pos("test"), args.eval_pairs, 0)
@@ -173,6 +173,7 @@ def main():
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--grpo-beta", type=float, default=0.04, help="grpo: the KL weight")
+    parser.add_argument("--temperature", type=float, default=1.0, help="grpo: sampling temperature")
     parser.add_argument("--extra-evals", action="store_true",
                         help="dpo: also score the policy at init and the tuned LM's likelihood")
     parser.add_argument("--random-weights", action="store_true",
