@@ -28,7 +28,6 @@ same reduction (`"mean_with_sample_weight"` or `"sum_over_batch_size"`), so
 `kerasft.losses.TokenNormalizedBatches` stays exact.
 """
 
-import contextlib
 from typing import Any
 
 import keras
@@ -37,9 +36,6 @@ from keras import ops
 from kerasft.models import architecture, segments
 
 _STATE = "_kerasft_weighted_logits"
-# Optional input keys of packed rows (see `kerasft.models.segments`).
-SEGMENT_IDS = "segment_ids"
-POSITIONS = "positions"
 HIDDEN_STATES = "hidden_states"
 _CORRECT = "next_token_correct"
 _WEIGHTS = "next_token_weights"
@@ -124,12 +120,8 @@ def uninstall(model: Any) -> None:
 
 def _training_call(model, original_call):
     def call(inputs, training=None, mask=None):
-        context = contextlib.nullcontext()
-        if isinstance(inputs, dict) and SEGMENT_IDS in inputs:
-            inputs = dict(inputs)
-            segment_ids = inputs.pop(SEGMENT_IDS)
-            context = segments.packed_rows(model, segment_ids, inputs.pop(POSITIONS, None))
-        with context:
+        inputs, segment_ids, positions = segments.split_packed(inputs)
+        with segments.packed_rows_if_any(model, segment_ids, positions):
             if training is True:
                 return {HIDDEN_STATES: architecture.backbone(model)(inputs, training=True)}
             return original_call(inputs, training=training, mask=mask)

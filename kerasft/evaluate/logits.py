@@ -1,11 +1,12 @@
 """`model_logits`: the float32 numpy logits of a causal LM on one batch."""
 
-import contextlib
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
+
+from kerasft.models import segments
 
 
 def model_logits(model: keras.Model, batch: Any) -> np.ndarray:
@@ -29,15 +30,10 @@ def model_logits(model: keras.Model, batch: Any) -> np.ndarray:
     from kerasft.quantization.calibration import calibration_inputs
 
     x = batch[0] if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], dict) else batch
-    context = contextlib.nullcontext()
-    if isinstance(x, dict) and "segment_ids" in x:
-        from kerasft.models import segments
-
-        # calibration_inputs keeps only token_ids / padding_mask, which is what
-        # the model reads inside the context.
-        context = segments.packed_rows(model, ops.convert_to_tensor(x["segment_ids"]),
-                                       None if x.get("positions") is None
-                                       else ops.convert_to_tensor(x["positions"]))
-    with context:
+    # calibration_inputs keeps only token_ids / padding_mask, which is what
+    # the model reads inside the context.
+    _, segment_ids, positions = segments.split_packed(x)
+    tensors = [None if v is None else ops.convert_to_tensor(v) for v in (segment_ids, positions)]
+    with segments.packed_rows_if_any(model, *tensors):
         logits = model(calibration_inputs(batch))
     return np.asarray(ops.convert_to_numpy(ops.cast(logits, "float32")))

@@ -13,7 +13,6 @@ make them) run per document (`kerasft.models.segments.packed_rows`), so a
 packed batch scores exactly as its examples one per row.
 """
 
-import contextlib
 import math
 import weakref
 
@@ -23,9 +22,6 @@ from keras import ops
 
 from kerasft.evaluate._progress import Progress, iterate_batches, no_grad
 from kerasft.models import architecture, segments
-
-# Optional input keys of packed rows (`kerasft.training_forward` reads the same).
-_SEGMENT_KEYS = ("segment_ids", "positions")
 
 
 def perplexity(
@@ -144,7 +140,7 @@ def _unpack_batch(batch, batch_index):
             f"Received: token_ids.shape={token_shape}, y.shape={y.shape}, "
             f"sample_weight.shape={sample_weight.shape} in batch {batch_index}"
         )
-    for key in _SEGMENT_KEYS:
+    for key in segments.PACKED_KEYS:
         if key in x and tuple(np.shape(x[key])) != token_shape:
             raise ValueError(
                 f"`x['{key}']` must have the shape of `x['token_ids']`. Received: "
@@ -217,8 +213,8 @@ class _Scorer:
         return scorer
 
     def _stateless_hidden(self, trainable, non_trainable, x):
-        x, packed = _split_segments(x)
-        with packed(self.backbone):
+        x, segment_ids, positions = segments.split_packed(x)
+        with segments.packed_rows_if_any(self.backbone, segment_ids, positions):
             hidden, _ = self.backbone.stateless_call(trainable, non_trainable, x, training=False)
         return hidden
 
@@ -229,8 +225,8 @@ class _Scorer:
     def hidden(self, x):
         x = {key: ops.convert_to_tensor(value) for key, value in x.items()}
         if not self._jit:
-            x, packed = _split_segments(x)
-            with packed(self.backbone):
+            x, segment_ids, positions = segments.split_packed(x)
+            with segments.packed_rows_if_any(self.backbone, segment_ids, positions):
                 return self.backbone(x, training=False)
         return self._hidden(
             [v.value for v in self.backbone.trainable_variables],
@@ -249,15 +245,6 @@ class _Scorer:
             hidden,
             targets,
         )
-
-
-def _split_segments(x):
-    """`(x without the packed-row keys, context running the backbone per document)`."""
-    if "segment_ids" not in x:
-        return x, lambda backbone: contextlib.nullcontext()
-    inputs = {key: value for key, value in x.items() if key not in _SEGMENT_KEYS}
-    return inputs, lambda backbone: segments.packed_rows(
-        backbone, x["segment_ids"], x.get("positions"))
 
 
 def _nll_from_logits(logits, targets):

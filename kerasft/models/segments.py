@@ -27,6 +27,29 @@ from kerasft.models import architecture
 
 _ACTIVE = threading.local()
 
+# The optional input keys of packed rows, as kerasft's packers make them.
+SEGMENT_IDS = "segment_ids"
+POSITIONS = "positions"
+PACKED_KEYS = (SEGMENT_IDS, POSITIONS)
+
+
+def split_packed(inputs: Any) -> tuple[Any, Any, Any]:
+    """`(inputs without the packed-row keys, segment_ids, positions)`.
+
+    Inputs without `segment_ids` come back as they are, with `None, None`.
+    """
+    if not isinstance(inputs, dict) or SEGMENT_IDS not in inputs:
+        return inputs, None, None
+    rest = {key: value for key, value in inputs.items() if key not in PACKED_KEYS}
+    return rest, inputs[SEGMENT_IDS], inputs.get(POSITIONS)
+
+
+def packed_rows_if_any(model: Any, segment_ids: Any, positions: Any = None):
+    """`packed_rows(model, segment_ids, positions)`, or a no-op context when `segment_ids` is None."""
+    if segment_ids is None:
+        return contextlib.nullcontext()
+    return packed_rows(model, segment_ids, positions)
+
 
 def segment_positions(segment_ids: Any) -> Any:
     """Per-token positions that restart at 0 at the first token of each document.
